@@ -1,0 +1,25 @@
+//! domfs: encrypted, authenticated domain volumes for electronic health records.
+//!
+//! The map of this crate, bottom-up (see `../shared/DESIGN.md` and `fs/FORMAT.md`):
+//!
+//! - [`device`]: the raw container (a regular file or a block device).
+//! - [`crypto`]: the domain key, its HKDF subkeys, AES-256-XTS and the per-block HMAC tag.
+//! - [`format`]: the on-disk structures with fixed places: the domain header (two copies)
+//!   and the superblock (two alternating copies, the commit point).
+//! - [`store`]: the authenticated, crash-safe block store: a redirect-on-write Merkle tree
+//!   of block pointers, the allocator, the cache, transactions and fsck.
+//! - [`cli`]: the `domfs` command line (the binary in `main.rs` only calls into it).
+//!
+//! Untrusted bytes (the container) are parsed once into the types of [`types`]; every
+//! failure is an [`Error`], never a panic.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod crypto;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod store;
+pub mod types;
+
+pub use error::{Error, Result};

@@ -1,0 +1,5 @@
+//! The `domfs` command: a thin shell over [`domfs::cli`].
+
+fn main() -> std::process::ExitCode {
+    domfs::cli::main()
+}
