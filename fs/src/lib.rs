@@ -21,5 +21,6 @@ pub mod error;
 pub mod format;
 pub mod store;
 pub mod types;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -1,0 +1,67 @@
+//! Creating a domain volume: the one place where a container gets its header and, when
+//! the creator holds the key, its first superblocks.
+
+use crate::crypto::DomainKey;
+use crate::device::Device;
+use crate::format::header::{CipherSuite, DomainHeader, KeyMode, write_header};
+use crate::format::{HEADER_OFFSETS, HEADER_SLOT_SIZE, MIN_CONTAINER_SIZE, SUPERBLOCK_OFFSETS};
+use crate::store::format_volume;
+use crate::types::{BLOCK_SIZE, VolumeId};
+use crate::{Error, Result};
+
+/// What `domfs create` decides.
+pub struct CreateOptions {
+    pub meta: Vec<u8>,
+    pub key_mode: KeyMode,
+}
+
+/// Writes a new header (and with `key`, formats the block store) on `dev`. The caller has
+/// already decided that `dev` may be overwritten.
+pub fn create_volume(
+    dev: &dyn Device,
+    options: CreateOptions,
+    key: Option<&DomainKey>,
+) -> Result<DomainHeader> {
+    let size = dev.size() - dev.size() % BLOCK_SIZE as u64;
+    if size < MIN_CONTAINER_SIZE {
+        return Err(Error::Invalid(format!(
+            "the container holds {} bytes; a volume needs at least {MIN_CONTAINER_SIZE}",
+            dev.size()
+        )));
+    }
+    let header = DomainHeader {
+        volume_id: VolumeId::random()?,
+        block_size: BLOCK_SIZE as u32,
+        cipher_suite: CipherSuite::Aes256XtsHmacSha256,
+        key_mode: options.key_mode,
+        container_size: size,
+        created_unix: crate::store::unix_now(),
+        meta: options.meta,
+        signed_message: Vec::new(),
+        signature: Vec::new(),
+        manager_key: Vec::new(),
+        extensions: Vec::new(),
+    };
+    // Clear stale superblocks first: a leftover from an older volume must never be taken
+    // for this one's (it would fail its MAC anyway, but an empty slot is clearer).
+    let zeros = vec![0u8; BLOCK_SIZE];
+    for offset in SUPERBLOCK_OFFSETS {
+        dev.write_at(&zeros, offset)
+            .map_err(|e| Error::io(format!("clearing {}", dev.name()), e))?;
+    }
+    write_header(dev, &header)?;
+    if let Some(key) = key {
+        format_volume(dev, &header, key)?;
+    }
+    Ok(header)
+}
+
+/// Whether the container already holds something worth protecting: a domfs header, or
+/// any non-zero byte in its first megabyte.
+pub fn looks_used(dev: &dyn Device) -> Result<bool> {
+    let probe = (HEADER_OFFSETS[1] + HEADER_SLOT_SIZE).max(1024 * 1024).min(dev.size());
+    let mut buf = vec![0u8; probe as usize];
+    dev.read_at(&mut buf, 0)
+        .map_err(|e| Error::io(format!("reading {}", dev.name()), e))?;
+    Ok(buf.iter().any(|&b| b != 0))
+}
