@@ -114,11 +114,26 @@ impl Superblock {
         if u32_at(b, 12) != 0 || b[65..72].iter().any(|&x| x != 0) {
             return SlotState::Damaged("unknown flags".into());
         }
+        SlotState::Valid(Box::new(Self::fields(b, volume_id)))
+    }
+
+    /// The fields of a slot that starts with the superblock magic, NOT verified: for
+    /// `domfs header show` without a key. `None` when the slot holds no superblock.
+    pub fn peek_unverified(b: &[u8; SUPERBLOCK_LEN]) -> Option<Superblock> {
+        if &b[0..8] != MAGIC {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[16..32]);
+        Some(Self::fields(b, &VolumeId(id)))
+    }
+
+    fn fields(b: &[u8; SUPERBLOCK_LEN], volume_id: &VolumeId) -> Superblock {
         let mut binding = [0u8; 32];
         binding.copy_from_slice(&b[128..160]);
         let mut root = [0u8; Pointer::ENCODED_LEN];
         root.copy_from_slice(&b[72..120]);
-        SlotState::Valid(Box::new(Superblock {
+        Superblock {
             volume_id: *volume_id,
             sequence: u64_at(b, 32),
             generation_hwm: Generation(u64_at(b, 40)),
@@ -130,7 +145,7 @@ impl Superblock {
             header_binding: binding,
             commit_time: u64_at(b, 192),
             alloc_cursor: u64_at(b, 200),
-        }))
+        }
     }
 
     /// The slot a superblock with this sequence number is written to.

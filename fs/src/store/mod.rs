@@ -29,7 +29,7 @@ pub(crate) mod commit;
 pub mod fsck;
 pub mod geometry;
 pub mod pointer;
-mod slots;
+pub mod slots;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

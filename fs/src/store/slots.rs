@@ -73,7 +73,7 @@ pub fn describe(state: &SlotState) -> String {
     }
 }
 
-pub(crate) fn read_slots(
+pub fn read_slots(
     dev: &dyn Device,
     keys: &VolumeKeys,
     header: &DomainHeader,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests of the `domfs` crate.
 #![allow(dead_code)]
 
+pub mod devices;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use domfs::crypto::DomainKey;
 use domfs::device::{Access, Device, FileDevice};
 use domfs::format::header::KeyMode;
 use domfs::store::{BlockStore, StoreOptions};
-use domfs::types::{BLOCK_SIZE, Block};
+use domfs::types::Block;
 use domfs::volume::{CreateOptions, create_volume};
 
 pub struct TestVolume {
@@ -66,13 +68,5 @@ impl TestVolume {
 
 /// A block whose bytes are derived from (`seed`, `n`): easy to check, different per version.
 pub fn pattern(seed: u64, n: u64) -> Box<Block> {
-    let mut b = Box::new([0u8; BLOCK_SIZE]);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    for chunk in b.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    b
+    domfs::cli::debug::pattern(seed, n)
 }
