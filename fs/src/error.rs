@@ -25,7 +25,10 @@ impl std::fmt::Display for Damaged {
                 write!(f, "data block {logical} (physical block {phys})")
             }
             Damaged::Node { level, index, phys } => {
-                write!(f, "tree node level {level} index {index} (physical block {phys})")
+                write!(
+                    f,
+                    "tree node level {level} index {index} (physical block {phys})"
+                )
             }
             Damaged::Bitmap { index, phys } => {
                 write!(f, "space-map block {index} (physical block {phys})")
@@ -67,7 +70,9 @@ pub enum Error {
     OutOfRange(crate::types::LogicalBlock),
     #[error("volume is open read-only")]
     ReadOnly,
-    #[error("volume failed after an earlier write or sync error; nothing more is written, remount it")]
+    #[error(
+        "volume failed after an earlier write or sync error; nothing more is written, remount it"
+    )]
     Failed,
     #[error("random number generator failed: {0}")]
     Random(String),

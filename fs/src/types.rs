@@ -26,7 +26,15 @@ impl fmt::Display for VolumeId {
     /// UUID-style grouping, so operators can read and compare it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = hex::encode(self.0);
-        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 }
 
@@ -54,7 +62,12 @@ impl PhysBlock {
 
 impl fmt::Display for PhysBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "physical block {} (offset {})", self.0, self.byte_offset())
+        write!(
+            f,
+            "physical block {} (offset {})",
+            self.0,
+            self.byte_offset()
+        )
     }
 }
 

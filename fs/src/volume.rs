@@ -59,7 +59,9 @@ pub fn create_volume(
 /// Whether the container already holds something worth protecting: a domfs header, or
 /// any non-zero byte in its first megabyte.
 pub fn looks_used(dev: &dyn Device) -> Result<bool> {
-    let probe = (HEADER_OFFSETS[1] + HEADER_SLOT_SIZE).max(1024 * 1024).min(dev.size());
+    let probe = (HEADER_OFFSETS[1] + HEADER_SLOT_SIZE)
+        .max(1024 * 1024)
+        .min(dev.size());
     let mut buf = vec![0u8; probe as usize];
     dev.read_at(&mut buf, 0)
         .map_err(|e| Error::io(format!("reading {}", dev.name()), e))?;

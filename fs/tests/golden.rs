@@ -95,18 +95,21 @@ fn regenerate() {
     .expect("create");
     let store = BlockStore::open(dev, &key, StoreOptions::default()).expect("store");
     for &(n, seed) in FIRST {
-        store.write(LogicalBlock(n), &common::pattern(seed, n)).expect("write");
+        store
+            .write(LogicalBlock(n), &common::pattern(seed, n))
+            .expect("write");
     }
     store.commit().expect("commit");
     for &(n, seed) in SECOND {
-        store.write(LogicalBlock(n), &common::pattern(seed, n)).expect("write");
+        store
+            .write(LogicalBlock(n), &common::pattern(seed, n))
+            .expect("write");
     }
     store.discard(LogicalBlock(DISCARDED)).expect("discard");
     store.close().expect("close");
     let image = std::fs::read(&path).expect("read");
-    let mut text = String::from(
-        "# domfs format v1 golden volume (4 MiB); see fs/tests/golden.rs\n",
-    );
+    let mut text =
+        String::from("# domfs format v1 golden volume (4 MiB); see fs/tests/golden.rs\n");
     for (i, sector) in image.chunks(512).enumerate() {
         if sector.iter().any(|&b| b != 0) {
             text.push_str(&format!("{} {}\n", i * 512, hex::encode(sector)));

@@ -35,8 +35,14 @@ fn out_of_range_is_an_error() {
     let store = vol.open();
     let n = store.logical_blocks();
     let mut buf = [0u8; BLOCK_SIZE];
-    assert!(matches!(store.read(LogicalBlock(n), &mut buf), Err(Error::OutOfRange(_))));
-    assert!(matches!(store.write(LogicalBlock(n), &buf), Err(Error::OutOfRange(_))));
+    assert!(matches!(
+        store.read(LogicalBlock(n), &mut buf),
+        Err(Error::OutOfRange(_))
+    ));
+    assert!(matches!(
+        store.write(LogicalBlock(n), &buf),
+        Err(Error::OutOfRange(_))
+    ));
 }
 
 #[test]
@@ -55,7 +61,9 @@ fn random_operations_match_a_model_across_reopens() {
         let n = rng.random_range(0..span);
         match rng.random_range(0..100) {
             0..60 => {
-                store.write(LogicalBlock(n), &pattern(step, n)).expect("write");
+                store
+                    .write(LogicalBlock(n), &pattern(step, n))
+                    .expect("write");
                 current.insert(n, step);
             }
             60..70 => {
@@ -116,7 +124,9 @@ fn a_full_volume_says_no_space_at_write_time_and_stays_consistent() {
     // Everything accepted can be committed, and rewriting accepted blocks still works.
     store.commit().expect("commit after ENOSPC");
     for n in 0..written.min(50) {
-        store.write(LogicalBlock(n), &pattern(2, n)).expect("rewrite");
+        store
+            .write(LogicalBlock(n), &pattern(2, n))
+            .expect("rewrite");
     }
     store.commit().expect("commit rewrites");
     drop(store);
@@ -143,7 +153,10 @@ fn read_only_store_refuses_writes() {
         ..StoreOptions::default()
     });
     let buf = [0u8; BLOCK_SIZE];
-    assert!(matches!(store.write(LogicalBlock(0), &buf), Err(Error::ReadOnly)));
+    assert!(matches!(
+        store.write(LogicalBlock(0), &buf),
+        Err(Error::ReadOnly)
+    ));
     assert!(matches!(store.commit(), Err(Error::ReadOnly)));
 }
 
@@ -151,8 +164,12 @@ fn read_only_store_refuses_writes() {
 fn wrong_key_is_told_apart() {
     let vol = TestVolume::new(8 << 20);
     let other = domfs::crypto::DomainKey::from_bytes(&[9u8; 32]).expect("key");
-    let err = domfs::store::BlockStore::open(vol.device(Access::ReadOnly), &other, StoreOptions::default())
-        .err()
-        .expect("must fail");
+    let err = domfs::store::BlockStore::open(
+        vol.device(Access::ReadOnly),
+        &other,
+        StoreOptions::default(),
+    )
+    .err()
+    .expect("must fail");
     assert!(matches!(err, Error::WrongKey), "{err}");
 }

@@ -42,7 +42,10 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
         .is_some_and(|m| m.file_type().is_block_device());
     if let Some(meta) = &existing {
         if !is_block && !meta.is_file() {
-            bail!("{} is neither a regular file nor a block device", args.volume.display());
+            bail!(
+                "{} is neither a regular file nor a block device",
+                args.volume.display()
+            );
         }
         if !args.force && meta.len() > 0 {
             let dev = FileDevice::open(&args.volume, Access::ReadOnly)
@@ -89,7 +92,11 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
     if !global.quiet {
         println!("created domfs volume {}", args.volume.display());
         println!("  volume id   {}", header.volume_id);
-        println!("  size        {} ({} bytes)", human(header.container_size), header.container_size);
+        println!(
+            "  size        {} ({} bytes)",
+            human(header.container_size),
+            header.container_size
+        );
         println!(
             "  data blocks {} of 4 KiB (less ~1.2% for tags and tree once written)",
             geometry.logical_blocks

@@ -43,7 +43,12 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         ) => BAD_VOLUME,
         Some(Error::NoSpace) => NO_SPACE,
         Some(Error::Io { .. }) => IO,
-        _ if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => IO,
+        _ if e
+            .chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some()) =>
+        {
+            IO
+        }
         _ => FAILURE,
     }
 }

@@ -37,8 +37,13 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
     }
     for bad in &report.bad_blocks {
         let (start, end) = bad.lost;
-        if end > start + 1 || (end == start + 1 && !matches!(bad.what, crate::error::Damaged::Data { .. })) {
-            println!("bad block: {} (data blocks {start}..{end} unreadable)", bad.what);
+        if end > start + 1
+            || (end == start + 1 && !matches!(bad.what, crate::error::Damaged::Data { .. }))
+        {
+            println!(
+                "bad block: {} (data blocks {start}..{end} unreadable)",
+                bad.what
+            );
         } else {
             println!("bad block: {}", bad.what);
         }
@@ -58,7 +63,9 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
         }
         Ok(OK)
     } else {
-        let count = report.metadata_problems.len() + report.bad_blocks.len() + report.structure_problems.len();
+        let count = report.metadata_problems.len()
+            + report.bad_blocks.len()
+            + report.structure_problems.len();
         println!(
             "{}: {count} problem(s) found; reads of the blocks named above fail with an I/O error, everything else is intact",
             args.volume.display()

@@ -63,7 +63,9 @@ pub fn read_key_file(path: &Path) -> Result<DomainKey> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     if meta.len() > 4096 {
-        return Err(crate::Error::BadKeyFile(format!("{} is far too large", path.display())).into());
+        return Err(
+            crate::Error::BadKeyFile(format!("{} is far too large", path.display())).into(),
+        );
     }
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(
@@ -74,6 +76,5 @@ pub fn read_key_file(path: &Path) -> Result<DomainKey> {
     let contents = zeroize::Zeroizing::new(
         std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?,
     );
-    DomainKey::parse_key_file(&contents)
-        .with_context(|| format!("key file {}", path.display()))
+    DomainKey::parse_key_file(&contents).with_context(|| format!("key file {}", path.display()))
 }

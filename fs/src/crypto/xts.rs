@@ -39,7 +39,7 @@ impl Xts256 {
     }
 
     fn process(&self, sector: &mut [u8], tweak: [u8; 16], dir: Direction) -> Result<()> {
-        if sector.is_empty() || sector.len() % AES_BLOCK != 0 {
+        if sector.is_empty() || !sector.len().is_multiple_of(AES_BLOCK) {
             return Err(Error::Invalid(format!(
                 "XTS sector of {} bytes: must be a non-zero multiple of 16",
                 sector.len()

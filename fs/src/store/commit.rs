@@ -120,10 +120,7 @@ impl BlockStore {
     fn release(&self, inner: &mut Inner, txn: &mut Txn, phys: PhysBlock) -> Result<()> {
         let (map_leaf, bit) = self.geometry.map_position(phys.0);
         self.adopt(inner, txn, map_leaf)?;
-        let map = txn
-            .work
-            .get_mut(&map_leaf)
-            .expect("adopted just above");
+        let map = txn.work.get_mut(&map_leaf).expect("adopted just above");
         if !bit_is_set(map, bit) {
             return Err(Error::CorruptSuperblock(format!(
                 "{phys} is referenced but marked free in the space map (run domfs fsck)"
@@ -182,14 +179,19 @@ impl BlockStore {
                 Pointer::NULL.write_entry(parent, id.slot());
             }
         }
-        let mut order: Vec<(NodeId, PhysBlock)> = txn.placed.iter().map(|(i, p)| (*i, *p)).collect();
+        let mut order: Vec<(NodeId, PhysBlock)> =
+            txn.placed.iter().map(|(i, p)| (*i, *p)).collect();
         order.sort_unstable_by_key(|(id, _)| (id.level, id.index));
         let mut writes = Vec::with_capacity(order.len());
         let mut root = Pointer::NULL;
         for (id, phys) in order {
             let mut sealed: Box<Block> = match (id.level, inner.dirty.get(&id.index)) {
                 (0, Some(Pending::Data(data))) if !self.geometry.is_map_leaf(id) => data.clone(),
-                _ => txn.work.get(&id).expect("placed blocks are adopted").clone(),
+                _ => txn
+                    .work
+                    .get(&id)
+                    .expect("placed blocks are adopted")
+                    .clone(),
             };
             let generation = Generation(inner.next_generation);
             inner.next_generation += 1;
@@ -301,8 +303,9 @@ fn find_free(map: &Block, from: u64, limit: u64, released: &HashSet<u64>) -> Opt
     let mut phys = from;
     while phys < limit {
         let bit = (phys - base) as usize;
-        if bit % 64 == 0 && limit - phys >= 64 {
-            let word = u64::from_le_bytes(map[bit / 8..bit / 8 + 8].try_into().unwrap_or([0xff; 8]));
+        if bit.is_multiple_of(64) && limit - phys >= 64 {
+            let word =
+                u64::from_le_bytes(map[bit / 8..bit / 8 + 8].try_into().unwrap_or([0xff; 8]));
             if word == u64::MAX {
                 phys += 64;
                 continue;

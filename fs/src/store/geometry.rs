@@ -174,7 +174,10 @@ mod tests {
 
     #[test]
     fn parent_and_child_are_inverse() {
-        let id = NodeId { level: 2, index: 1000 };
+        let id = NodeId {
+            level: 2,
+            index: 1000,
+        };
         for slot in [0, 1, 84] {
             let c = id.child(slot);
             assert_eq!(c.parent(), id);

@@ -221,7 +221,10 @@ impl BlockStore {
             existing.copy_from_slice(data);
             return Ok(());
         }
-        let kind = if self.pointer_of(&mut inner, NodeId::leaf(block.0))?.is_null() {
+        let kind = if self
+            .pointer_of(&mut inner, NodeId::leaf(block.0))?
+            .is_null()
+        {
             Claim::NewBlock
         } else {
             Claim::Rewrite
@@ -251,7 +254,10 @@ impl BlockStore {
             }
             None => {}
         }
-        if self.pointer_of(&mut inner, NodeId::leaf(block.0))?.is_null() {
+        if self
+            .pointer_of(&mut inner, NodeId::leaf(block.0))?
+            .is_null()
+        {
             return Ok(());
         }
         self.reserve_for(&mut inner, block.0, Claim::Discard)?;
