@@ -205,9 +205,9 @@ impl BlockStore {
             }
             None => {}
         }
-        let content = self.load(&mut inner, NodeId::leaf(block.0))?;
-        out.copy_from_slice(&content[..]);
-        Ok(())
+        self.with_block(&mut inner, NodeId::leaf(block.0), |content| {
+            out.copy_from_slice(content)
+        })
     }
 
     pub fn write(&self, block: LogicalBlock, data: &Block) -> Result<()> {
@@ -368,14 +368,27 @@ impl BlockStore {
         if id.level == self.geometry.height {
             return Ok(inner.sb.root);
         }
-        let parent = self.load(inner, id.parent())?;
-        Ok(Pointer::read_entry(&parent, id.slot()))
+        let slot = id.slot();
+        self.with_block(inner, id.parent(), |parent| {
+            Pointer::read_entry(parent, slot)
+        })
     }
 
-    /// The committed, verified plaintext of `id`, through the cache.
+    /// A copy of the committed, verified plaintext of `id`.
     fn load(&self, inner: &mut Inner, id: NodeId) -> Result<Box<Block>> {
+        self.with_block(inner, id, |block| Box::new(*block))
+    }
+
+    /// Runs `f` on the committed, verified plaintext of `id`, through the cache (no copy
+    /// when cached: a read walks the whole path from the root).
+    fn with_block<R>(
+        &self,
+        inner: &mut Inner,
+        id: NodeId,
+        f: impl FnOnce(&Block) -> R,
+    ) -> Result<R> {
         if let Some(block) = inner.cache.get(&id) {
-            return Ok(Box::new(*block));
+            return Ok(f(block));
         }
         let ptr = self.pointer_of(inner, id)?;
         let block = if ptr.is_null() {
@@ -383,8 +396,9 @@ impl BlockStore {
         } else {
             self.read_sealed(id, &ptr)?
         };
-        inner.cache.insert(id, block.clone());
-        Ok(block)
+        let result = f(&block);
+        inner.cache.insert(id, block);
+        Ok(result)
     }
 
     /// Reads and verifies one block straight from the device.
