@@ -300,3 +300,64 @@ fn kill_9_in_the_middle_of_commits_loses_nothing_acknowledged() {
         );
     }
 }
+
+/// A loop device stands in for a real disk. Needs root (CI runs as root).
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(file: &Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup must be installed (util-linux) and this test run as root");
+        assert!(
+            out.status.success(),
+            "losetup failed (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_used_whole_and_protected_from_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("disk.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("backing file");
+    let dev = LoopDevice::attach(&backing);
+    assert_eq!(run(&["key", "new", "k"], dir.path()).code, 0);
+    let r = run(&["create", "--key-file", "k", &dev.0], dir.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("32.0 MiB"), "{}", r.stdout);
+    let r = run(&["create", "--key-file", "k", &dev.0], dir.path());
+    assert_eq!(r.code, 8, "a second create must refuse: {}", r.stderr);
+    let r = run(
+        &[
+            "debug",
+            "write-loop",
+            "--count",
+            "3",
+            "--key-file",
+            "k",
+            &dev.0,
+        ],
+        dir.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&["fsck", "--key-file", "k", &dev.0], dir.path());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = run(
+        &["create", "--force", "--key-file", "k", &dev.0],
+        dir.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

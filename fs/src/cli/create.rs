@@ -47,7 +47,7 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
                 args.volume.display()
             );
         }
-        if !args.force && meta.len() > 0 {
+        if !args.force && (is_block || meta.len() > 0) {
             let dev = FileDevice::open(&args.volume, Access::ReadOnly)
                 .with_context(|| format!("cannot open {}", args.volume.display()))?;
             if looks_used(&dev)? {
