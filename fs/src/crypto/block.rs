@@ -16,7 +16,7 @@ const TAG_DOMAIN: &[u8] = b"domfs block v1";
 
 /// Seals and opens blocks for one volume.
 pub struct BlockCodec {
-    keys: VolumeKeys,
+    keys: Box<VolumeKeys>,
     volume: VolumeId,
 }
 
@@ -25,7 +25,7 @@ pub struct BlockCodec {
 pub struct BadTag;
 
 impl BlockCodec {
-    pub fn new(keys: VolumeKeys, volume: VolumeId) -> Self {
+    pub fn new(keys: Box<VolumeKeys>, volume: VolumeId) -> Self {
         Self { keys, volume }
     }
 

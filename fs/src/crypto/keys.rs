@@ -29,16 +29,15 @@ pub struct DomainKey(Box<[u8; DOMAIN_KEY_LEN]>);
 
 impl DomainKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let array: [u8; DOMAIN_KEY_LEN] = bytes.try_into().map_err(|_| {
-            Error::BadKeyFile(format!(
+        if bytes.len() != DOMAIN_KEY_LEN {
+            return Err(Error::BadKeyFile(format!(
                 "a domain key is {DOMAIN_KEY_LEN} bytes, got {}",
                 bytes.len()
-            ))
-        })?;
+            )));
+        }
+        // Straight into the heap: no stack copy of the key is left behind.
         let mut boxed = Box::new([0u8; DOMAIN_KEY_LEN]);
-        boxed.copy_from_slice(&array);
-        let mut array = array;
-        array.zeroize();
+        boxed.copy_from_slice(bytes);
         Ok(Self(boxed))
     }
 
@@ -53,6 +52,13 @@ impl DomainKey {
     /// whitespace.
     pub fn parse_key_file(contents: &[u8]) -> Result<Self> {
         if contents.len() == DOMAIN_KEY_LEN {
+            // 32 hex digits are far more likely a 128-bit key in hex (or half of ours)
+            // than 32 random bytes that all happen to be hex digits.
+            if contents.iter().all(u8::is_ascii_hexdigit) {
+                return Err(Error::BadKeyFile(
+                    "32 hex digits is a 128-bit key; domfs needs 256 bits (64 hex digits or 32 raw bytes)".into(),
+                ));
+            }
             return Self::from_bytes(contents);
         }
         let text = std::str::from_utf8(contents)
@@ -88,7 +94,8 @@ fn bad_key_file(len: usize) -> Error {
 pub struct MacKey(hmac::Hmac<Sha256>);
 
 impl MacKey {
-    pub fn new(key: &[u8; 32]) -> Self {
+    /// HMAC takes a key of any length (RFC 2104); domfs's own subkeys are 32 bytes.
+    pub fn new(key: &[u8]) -> Self {
         Self(
             <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
                 .expect("HMAC accepts keys of any length"),
@@ -116,7 +123,9 @@ pub struct VolumeKeys {
 }
 
 impl VolumeKeys {
-    pub fn derive(key: &DomainKey, volume: &VolumeId) -> Self {
+    /// Boxed, so that moving the keys around moves a pointer, not copies of the expanded
+    /// AES keys and keyed HMAC states that zeroize could not reach.
+    pub fn derive(key: &DomainKey, volume: &VolumeId) -> Box<Self> {
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), key.expose());
         let expand = |label: &[u8], out: &mut [u8]| {
             let mut info = Vec::with_capacity(label.len() + 16);
@@ -134,11 +143,26 @@ impl VolumeKeys {
         expand(LABEL_SUPERBLOCK_MAC, &mut sb_mac[..]);
         let mut key_check = [0u8; 32];
         expand(LABEL_KEY_CHECK, &mut key_check);
-        Self {
+        Box::new(Self {
             xts: Xts256::new(&xts_key),
-            block_mac: MacKey::new(&block_mac),
-            superblock_mac: MacKey::new(&sb_mac),
+            block_mac: MacKey::new(&block_mac[..]),
+            superblock_mac: MacKey::new(&sb_mac[..]),
             key_check: Tag(key_check),
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thirty_two_hex_digits_are_refused_as_a_short_key() {
+        let err = DomainKey::parse_key_file(b"00112233445566778899aabbccddeeff")
+            .err()
+            .expect("a 128-bit hex key must be refused");
+        assert!(err.to_string().contains("128-bit"), "{err}");
+        // 32 raw bytes that are not all hex digits are a raw key.
+        assert!(DomainKey::parse_key_file(&[0xffu8; 32]).is_ok());
     }
 }
