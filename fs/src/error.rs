@@ -62,6 +62,8 @@ pub enum Error {
     Integrity(Damaged),
     #[error("corrupt superblock: {0}")]
     CorruptSuperblock(String),
+    #[error("refusing to open read-write: {0}")]
+    DamagedSuperblock(String),
     #[error("volume is not formatted yet (no superblock)")]
     Unformatted,
     #[error("no space left on the volume")]

@@ -38,6 +38,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             | Error::UnsupportedVersion(_)
             | Error::CorruptHeader(_)
             | Error::CorruptSuperblock(_)
+            | Error::DamagedSuperblock(_)
             | Error::Truncated { .. }
             | Error::Unformatted,
         ) => BAD_VOLUME,
@@ -64,6 +65,9 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
         Error::CorruptHeader(_) | Error::CorruptSuperblock(_) => {
             Some("`domfs fsck` tells what else is damaged; restore the volume from a backup")
         }
+        Error::DamagedSuperblock(_) => Some(
+            "`domfs fsck` shows what else is damaged; restore from a backup, or open read-only to copy the data out",
+        ),
         Error::Truncated { .. } => Some("the container was cut short: restore it from a backup"),
         Error::Unformatted => Some("the volume has no filesystem yet: mount it read-write once"),
         _ => None,

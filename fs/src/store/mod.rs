@@ -58,6 +58,9 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Dirty data above this fraction of the cache starts a commit by itself.
     pub dirty_fraction: f32,
+    /// Open read-write even though a superblock slot is damaged (disaster recovery: the
+    /// damaged slot may have held the newest commit, which is then given up for good).
+    pub accept_damaged_superblock: bool,
 }
 
 impl Default for StoreOptions {
@@ -66,6 +69,7 @@ impl Default for StoreOptions {
             access: Access::ReadWrite,
             cache_bytes: DEFAULT_CACHE_BYTES,
             dirty_fraction: 0.5,
+            accept_damaged_superblock: false,
         }
     }
 }
@@ -141,6 +145,17 @@ impl BlockStore {
         let report = slots::read_slots(dev.as_ref(), &keys, &header)?;
         let sb = report.current()?.clone();
         slots::check_against_header(&sb, &header, &geometry)?;
+        let problems = report.problems();
+        for problem in &problems {
+            tracing::warn!("{}: {problem}", dev.name());
+        }
+        if !problems.is_empty()
+            && options.access == Access::ReadWrite
+            && !options.accept_damaged_superblock
+        {
+            // Writing now would overwrite the evidence (and perhaps the newest commit).
+            return Err(Error::DamagedSuperblock(problems.join("; ")));
+        }
         let codec = BlockCodec::new(keys, header.volume_id);
         let dirty_limit = ((options.cache_bytes as f64) * f64::from(options.dirty_fraction))
             .max((64 * BLOCK_SIZE) as f64) as usize;
@@ -170,6 +185,10 @@ impl BlockStore {
         if options.access == Access::ReadWrite {
             let mut inner = store.lock();
             store.write_superblock(&mut inner, None, 0)?;
+            if !problems.is_empty() {
+                // Recovery: rewrite the other slot too, so both verify again.
+                store.write_superblock(&mut inner, None, 0)?;
+            }
         }
         Ok(store)
     }

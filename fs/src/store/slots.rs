@@ -43,24 +43,32 @@ impl SlotReport {
         Err(Error::CorruptSuperblock(reasons.join("; ")))
     }
 
-    /// Problems worth reporting although the volume opens: a slot that should hold the
-    /// previous commit but does not verify.
+    /// Problems worth reporting although the volume opens. Power loss never causes any
+    /// (a superblock is one atomic sector, and both slots are written at format time), so
+    /// each is damage or tampering — and a damaged slot may have held the newest commit.
     pub fn problems(&self) -> Vec<String> {
         let Ok(current) = self.current() else {
             return Vec::new();
         };
-        let other = 1 - current.slot();
-        match &self.slots[other] {
-            SlotState::Valid(sb) if sb.sequence < current.sequence => Vec::new(),
-            SlotState::Valid(_) => vec![format!(
-                "superblock slot {other} has a sequence that does not precede the current one"
-            )],
-            state => vec![format!(
-                "superblock slot {other} (offset {}) {}",
-                SUPERBLOCK_OFFSETS[other],
-                describe(state)
-            )],
+        let mut problems = Vec::new();
+        for (i, state) in self.slots.iter().enumerate() {
+            match state {
+                SlotState::Valid(sb) if sb.slot() != i => problems.push(format!(
+                    "superblock slot {i} holds commit {}, which belongs in slot {} (slots swapped or copied)",
+                    sb.sequence,
+                    sb.slot()
+                )),
+                SlotState::Valid(_) => {}
+                state => problems.push(format!(
+                    "superblock slot {i} (offset {}) {}; the volume opens from commit {} in slot {}, and a newer commit may have been lost",
+                    SUPERBLOCK_OFFSETS[i],
+                    describe(state),
+                    current.sequence,
+                    current.slot()
+                )),
+            }
         }
+        problems
     }
 }
 
