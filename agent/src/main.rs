@@ -3,6 +3,8 @@
 //! until then it only says so.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("domfs-agent: not built yet (see the key-release issue); use `domfs --key-file` mode");
+    eprintln!(
+        "domfs-agent: not built yet (see the key-release issue); use `domfs --key-file` mode"
+    );
     std::process::ExitCode::from(1)
 }

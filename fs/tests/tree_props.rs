@@ -22,7 +22,14 @@ enum Op {
 
 /// Block numbers clustered so that some share tree nodes and some do not.
 fn block() -> impl Strategy<Value = u64> {
-    prop_oneof![0..200u64, 7000..7300u64, Just(0), Just(84), Just(85), Just(7224)]
+    prop_oneof![
+        0..200u64,
+        7000..7300u64,
+        Just(0),
+        Just(84),
+        Just(85),
+        Just(7224)
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
