@@ -37,9 +37,92 @@ impl std::fmt::Display for Damaged {
     }
 }
 
+/// Filesystem-level refusals, each with its POSIX errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Posix {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("file too large")]
+    FileTooLarge,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("permission denied")]
+    Access,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("no such attribute")]
+    NoAttribute,
+    #[error("result too large for the buffer")]
+    Range,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("directory loop")]
+    Loop,
+}
+
+impl Posix {
+    pub fn errno(self) -> i32 {
+        match self {
+            Posix::NotFound => libc_errno::ENOENT,
+            Posix::Exists => libc_errno::EEXIST,
+            Posix::NotDirectory => libc_errno::ENOTDIR,
+            Posix::IsDirectory => libc_errno::EISDIR,
+            Posix::NotEmpty => libc_errno::ENOTEMPTY,
+            Posix::NameTooLong => libc_errno::ENAMETOOLONG,
+            Posix::FileTooLarge => libc_errno::EFBIG,
+            Posix::Invalid => libc_errno::EINVAL,
+            Posix::Access => libc_errno::EACCES,
+            Posix::NotPermitted => libc_errno::EPERM,
+            Posix::TooManyLinks => libc_errno::EMLINK,
+            Posix::NoAttribute => libc_errno::ENODATA,
+            Posix::Range => libc_errno::ERANGE,
+            Posix::NotSupported => libc_errno::EOPNOTSUPP,
+            Posix::Loop => libc_errno::ELOOP,
+        }
+    }
+}
+
+/// Linux errno values (the only platform domfs serves).
+pub mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EACCES: i32 = 13;
+    pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EFBIG: i32 = 27;
+    pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
+    pub const EMLINK: i32 = 31;
+    pub const ERANGE: i32 = 34;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ELOOP: i32 = 40;
+    pub const ENODATA: i32 = 61;
+    pub const EOPNOTSUPP: i32 = 95;
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[error("{0}")]
+    Posix(#[from] Posix),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -64,6 +147,8 @@ pub enum Error {
     CorruptSuperblock(String),
     #[error("refusing to open read-write: {0}")]
     DamagedSuperblock(String),
+    #[error("corrupt filesystem structure: {0} (run domfs fsck)")]
+    CorruptFilesystem(String),
     #[error("volume is not formatted yet (no superblock)")]
     Unformatted,
     #[error("no space left on the volume")]
@@ -83,6 +168,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The errno a filesystem request that failed with this error answers.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Posix(p) => p.errno(),
+            Error::NoSpace => libc_errno::ENOSPC,
+            Error::ReadOnly => libc_errno::EROFS,
+            Error::OutOfRange(_) => libc_errno::EFBIG,
+            Error::Invalid(_) => libc_errno::EINVAL,
+            _ => libc_errno::EIO,
+        }
+    }
+
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             what: what.into(),

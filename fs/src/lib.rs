@@ -18,6 +18,7 @@ pub mod cli;
 pub mod crypto;
 pub mod device;
 pub mod error;
+pub mod filesystem;
 pub mod format;
 pub mod store;
 pub mod types;
