@@ -2,14 +2,40 @@
 //! block maps and allocation, all stored in the logical blocks of the [`crate::store`], so
 //! names, sizes and the tree are encrypted and authenticated like everything else.
 //!
-//! Every operation runs between two commits: the store commits only when the filesystem
-//! asks (between operations), so each operation is atomic across a crash.
+//! Logical block 0 holds the filesystem superblock ([`meta`]), blocks 1 … B the allocation
+//! bitmap ([`alloc`]); everything else is allocated: the inode table (a sparse internal
+//! file indexed by inode number, [`inode`]), directories ([`dir`]) and file data, each
+//! file's blocks found through its block map ([`bmap`]).
+//!
+//! Every operation runs under one lock and between two commits: the store commits only
+//! when the filesystem asks, between operations, so each operation is atomic across a
+//! crash. An operation first makes sure the store has room for everything it may write,
+//! so it never runs out of space half-way (`ENOSPC` comes before any change).
 
+pub mod alloc;
 pub mod bmap;
 pub mod dir;
+pub mod inode;
+pub mod meta;
+mod ops_data;
+mod ops_ns;
+mod state;
+pub mod xattr;
 
-use crate::Result;
-use crate::types::Block;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::store::BlockStore;
+use crate::types::{BLOCK_SIZE, Block, LogicalBlock};
+use crate::{Error, Result};
+
+use alloc::Allocator;
+use inode::{Inode, ROOT_INO, S_IFDIR, Timestamp};
+use meta::FsSuper;
+use state::State;
+
+pub use ops_data::{SetAttr, StatFs, TimeSet};
+pub use ops_ns::RenameFlags;
 
 /// Logical-block I/O as the filesystem uses it (the block store implements it; tests use
 /// an in-memory map).
@@ -26,4 +52,189 @@ pub trait BlockAlloc {
     fn alloc(&mut self, hint: u64) -> Result<u64>;
     /// Marks `block` free (the caller has already discarded or will discard it).
     fn free(&mut self, block: u64) -> Result<()>;
+}
+
+impl BlockIo for BlockStore {
+    fn read_block(&self, block: u64, out: &mut Block) -> Result<()> {
+        self.read(LogicalBlock(block), out)
+    }
+
+    fn write_block(&self, block: u64, data: &Block) -> Result<()> {
+        self.write(LogicalBlock(block), data)
+    }
+
+    fn discard_block(&self, block: u64) -> Result<()> {
+        self.discard(LogicalBlock(block))
+    }
+}
+
+/// Who asks: the requesting process's credentials.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// An inode and its number, as lookups and attribute calls return them.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub inode: Inode,
+}
+
+/// Blocks every operation may touch besides its data: block-map levels, bitmap, inode
+/// table, directory and superblock blocks.
+const OP_SLACK: u64 = 24;
+
+pub struct Filesystem {
+    store: Arc<BlockStore>,
+    state: Mutex<State>,
+    read_only: bool,
+    failed: AtomicBool,
+}
+
+impl Filesystem {
+    /// Opens the filesystem of an open store, formatting it on the first read-write open
+    /// (the creator of a domain never holds its key, so it cannot format it). Unlinked
+    /// files that were still open at a crash are freed.
+    pub fn open(store: Arc<BlockStore>, read_only: bool) -> Result<Self> {
+        let mut block = Box::new([0u8; BLOCK_SIZE]);
+        store.read(LogicalBlock(0), &mut block)?;
+        let sb = match FsSuper::decode(&block)? {
+            Some(sb) => sb,
+            None if read_only => return Err(Error::Unformatted),
+            None => format(&store)?,
+        };
+        let fs = Self {
+            store,
+            state: Mutex::new(State::new(sb)),
+            read_only,
+            failed: AtomicBool::new(false),
+        };
+        if !read_only {
+            fs.mutate(0, |st, io| ops_ns::free_orphans(st, io))?;
+            fs.store.commit()?;
+        }
+        Ok(fs)
+    }
+
+    pub fn store(&self) -> &Arc<BlockStore> {
+        &self.store
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Makes everything done so far durable.
+    pub fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Failed);
+        }
+        let _st = self.lock();
+        self.store.commit().map(|_| ())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a read-only step.
+    fn inspect<R>(&self, f: impl FnOnce(&mut State, &dyn BlockIo) -> Result<R>) -> Result<R> {
+        let mut st = self.lock();
+        f(&mut st, &*self.store)
+    }
+
+    /// Runs a changing operation: room for `blocks` new blocks first, then the change,
+    /// then the bitmap and superblock written back, and a commit if enough is dirty.
+    fn mutate<R>(
+        &self,
+        blocks: u64,
+        f: impl FnOnce(&mut State, &dyn BlockIo) -> Result<R>,
+    ) -> Result<R> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Failed);
+        }
+        let mut st = self.lock();
+        self.store.ensure_available(blocks + OP_SLACK)?;
+        let io: &dyn BlockIo = &*self.store;
+        let result = f(&mut st, io).and_then(|r| {
+            finish(&mut st, io)?;
+            Ok(r)
+        });
+        match &result {
+            Ok(_) => {
+                if self.store.wants_commit() {
+                    self.store.commit()?;
+                }
+            }
+            // Refusals are decided before anything changes.
+            Err(Error::Posix(_)) => finish(&mut st, io)?,
+            Err(e) => {
+                // Half an operation may be in the store's dirty blocks: never commit it.
+                tracing::error!("filesystem stopped after a failed operation: {e}");
+                self.failed.store(true, Ordering::SeqCst);
+                st.alloc.forget();
+            }
+        }
+        result
+    }
+}
+
+/// Writes back what an operation changed outside the blocks it wrote itself.
+fn finish(st: &mut State, io: &dyn BlockIo) -> Result<()> {
+    st.alloc.flush(io)?;
+    if st.sb.blocks_used != st.alloc.used() {
+        st.sb.blocks_used = st.alloc.used();
+        st.sb_dirty = true;
+    }
+    if st.sb_dirty {
+        io.write_block(0, &st.sb.encode())?;
+        st.sb_dirty = false;
+    }
+    Ok(())
+}
+
+/// Formats an empty filesystem: superblock, bitmap (marking itself), root directory.
+fn format(store: &BlockStore) -> Result<FsSuper> {
+    let total = store.logical_blocks();
+    let bitmap_start = 1;
+    let bitmap_blocks = Allocator::bitmap_blocks(total);
+    let now = Timestamp::now();
+    let root = Inode {
+        mode: S_IFDIR | 0o755,
+        nlink: 2,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        generation: 1,
+        parent: ROOT_INO,
+        ..Inode::default()
+    };
+    let sb = FsSuper {
+        next_ino: ROOT_INO + 1,
+        inodes_used: 1,
+        blocks_used: 0,
+        bitmap_start,
+        total_blocks: total,
+        table: Inode::default(),
+        orphans: Inode::default(),
+    };
+    let mut st = State::new(sb);
+    for block in 0..bitmap_start + bitmap_blocks {
+        st.alloc.mark_used(store, block)?;
+    }
+    st.put_inode(store, ROOT_INO, &root)?;
+    st.sb_dirty = true;
+    finish(&mut st, store)?;
+    store.commit()?;
+    Ok(st.sb)
 }

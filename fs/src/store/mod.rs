@@ -61,6 +61,10 @@ pub struct StoreOptions {
     /// Open read-write even though a superblock slot is damaged (disaster recovery: the
     /// damaged slot may have held the newest commit, which is then given up for good).
     pub accept_damaged_superblock: bool,
+    /// Commit by itself when dirty data passes the limit or space runs short. A
+    /// filesystem on top turns this off and commits between its operations, so that no
+    /// operation is ever split across two commits.
+    pub auto_commit: bool,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +74,7 @@ impl Default for StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             dirty_fraction: 0.5,
             accept_damaged_superblock: false,
+            auto_commit: true,
         }
     }
 }
@@ -120,6 +125,7 @@ struct Inner {
     /// Physical blocks promised to the next commit.
     reserved: u64,
     dirty_limit: usize,
+    auto_commit: bool,
     failed: bool,
 }
 
@@ -179,6 +185,7 @@ impl BlockStore {
                 pending_nodes: HashSet::new(),
                 reserved: 0,
                 dirty_limit,
+                auto_commit: options.auto_commit,
                 failed: false,
             }),
         };
@@ -251,7 +258,7 @@ impl BlockStore {
         self.reserve_for(&mut inner, block.0, kind)?;
         inner.cache.remove(&NodeId::leaf(block.0));
         inner.dirty.insert(block.0, Pending::Data(Box::new(*data)));
-        if inner.dirty.len() * BLOCK_SIZE > inner.dirty_limit {
+        if inner.auto_commit && inner.dirty.len() * BLOCK_SIZE > inner.dirty_limit {
             self.commit_locked(&mut inner)?;
         }
         Ok(())
@@ -290,6 +297,32 @@ impl BlockStore {
         self.check_writable()?;
         let mut inner = self.lock();
         self.commit_locked(&mut inner)
+    }
+
+    /// Whether dirty data has passed the limit (for callers that commit themselves).
+    pub fn wants_commit(&self) -> bool {
+        let inner = self.lock();
+        inner.dirty.len() * BLOCK_SIZE > inner.dirty_limit
+    }
+
+    /// Makes sure `blocks` new blocks (each with its path of tree nodes) can be written,
+    /// committing first if that frees enough; [`Error::NoSpace`] otherwise. Callers that
+    /// commit themselves call this between operations, so that an operation never runs
+    /// out of space half-way.
+    pub fn ensure_available(&self, blocks: u64) -> Result<()> {
+        let need = blocks.saturating_mul(1 + u64::from(self.geometry.height));
+        let mut inner = self.lock();
+        if self.available(&inner, Claim::NewBlock) >= need {
+            return Ok(());
+        }
+        if self.access == Access::ReadWrite && !inner.dirty.is_empty() {
+            self.commit_locked(&mut inner)?;
+        }
+        if self.available(&inner, Claim::NewBlock) >= need {
+            Ok(())
+        } else {
+            Err(Error::NoSpace)
+        }
     }
 
     pub fn space(&self) -> SpaceStats {
@@ -371,7 +404,7 @@ impl BlockStore {
         }
         let need = own + new_nodes.len() as u64;
         if self.available(inner, claim) < need {
-            if inner.dirty.is_empty() {
+            if inner.dirty.is_empty() || !inner.auto_commit {
                 return Err(Error::NoSpace);
             }
             self.commit_locked(inner)?;

@@ -1,0 +1,282 @@
+//! File contents and attributes: read, write, truncate, fallocate, setattr, xattrs, statfs.
+
+use super::alloc::AllocIo;
+use super::bmap::MAX_FILE_BLOCKS;
+use super::inode::{Inode, S_IFMT, Timestamp};
+use super::state::State;
+use super::{BlockIo, Entry, Filesystem};
+use crate::error::Posix;
+use crate::types::BLOCK_SIZE;
+use crate::Result;
+
+const BS: u64 = BLOCK_SIZE as u64;
+/// The largest file size (and truncate target) a file may have.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_BLOCKS * BS;
+
+const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+
+/// A new value for a timestamp.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// The attributes a `setattr` changes (None: unchanged).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timestamp>,
+}
+
+/// What `statfs` reports, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub free: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+impl Filesystem {
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.inspect(|st, io| {
+            let inode = st.inode(io, ino)?;
+            if inode.is_dir() {
+                return Err(Posix::IsDirectory.into());
+            }
+            let end = offset.saturating_add(u64::from(size)).min(inode.size);
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            let mut out = vec![0u8; (end - offset) as usize];
+            let mut block = Box::new([0u8; BLOCK_SIZE]);
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / BS;
+                let within = (pos % BS) as usize;
+                let take = ((BS - pos % BS).min(end - pos)) as usize;
+                let dst = (pos - offset) as usize;
+                if let Some(b) = inode.map.get(io, index)? {
+                    io.read_block(b, &mut block)?;
+                    out[dst..dst + take].copy_from_slice(&block[within..within + take]);
+                }
+                pos += take as u64;
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Posix::FileTooLarge)?;
+        let blocks = (data.len() as u64).div_ceil(BS) + 1;
+        self.mutate(blocks, |st, io| {
+            let mut inode = st.inode(io, ino)?;
+            if inode.is_dir() {
+                return Err(Posix::IsDirectory.into());
+            }
+            write_blocks(st, io, &mut inode, offset, data)?;
+            inode.size = inode.size.max(end);
+            let now = Timestamp::now();
+            inode.mtime = now;
+            inode.ctime = now;
+            st.put_inode(io, ino, &inode)?;
+            Ok(data.len() as u32)
+        })
+    }
+
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Entry> {
+        if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return Err(Posix::FileTooLarge.into());
+        }
+        self.mutate(2, |st, io| {
+            let mut inode = st.inode(io, ino)?;
+            let now = Timestamp::now();
+            if let Some(mode) = set.mode {
+                inode.mode = (inode.mode & S_IFMT) | (mode & !S_IFMT);
+            }
+            if let Some(uid) = set.uid {
+                inode.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                inode.gid = gid;
+            }
+            if let Some(size) = set.size {
+                if inode.is_dir() {
+                    return Err(Posix::IsDirectory.into());
+                }
+                truncate(st, io, &mut inode, size)?;
+                inode.mtime = now;
+            }
+            let resolve = |t: TimeSet| match t {
+                TimeSet::Now => now,
+                TimeSet::At(t) => t,
+            };
+            if let Some(t) = set.atime {
+                inode.atime = resolve(t);
+            }
+            if let Some(t) = set.mtime {
+                inode.mtime = resolve(t);
+            }
+            inode.ctime = set.ctime.unwrap_or(now);
+            st.put_inode(io, ino, &inode)?;
+            Ok(Entry { ino, inode })
+        })
+    }
+
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Posix::FileTooLarge)?;
+        if length == 0 {
+            return Err(Posix::Invalid.into());
+        }
+        let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
+        let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 || (punch && !keep_size) {
+            return Err(Posix::NotSupported.into());
+        }
+        let blocks = if punch { 0 } else { length.div_ceil(BS) + 1 };
+        self.mutate(blocks, |st, io| {
+            let mut inode = st.inode(io, ino)?;
+            if inode.is_dir() {
+                return Err(Posix::IsDirectory.into());
+            }
+            if punch {
+                let stop = end.min(inode.size);
+                zero_range(st, io, &mut inode, offset, stop, false)?;
+            } else {
+                let mut hint = inode.map.root;
+                let zeros = Box::new([0u8; BLOCK_SIZE]);
+                for index in offset / BS..end.div_ceil(BS) {
+                    let mut alloc = AllocIo { alloc: &mut st.alloc, io };
+                    let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
+                    inode.blocks += mapped.allocated;
+                    if mapped.fresh {
+                        io.write_block(mapped.block, &zeros)?;
+                    }
+                    hint = mapped.block + 1;
+                }
+                if !keep_size {
+                    inode.size = inode.size.max(end);
+                }
+            }
+            let now = Timestamp::now();
+            inode.mtime = now;
+            inode.ctime = now;
+            st.put_inode(io, ino, &inode)
+        })
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let space = self.store.space();
+        let st = self.lock();
+        StatFs {
+            blocks: space.usable_blocks,
+            free: space.available_blocks,
+            files: st.sb.inodes_used + space.available_blocks * super::inode::INODES_PER_BLOCK,
+            files_free: space.available_blocks * super::inode::INODES_PER_BLOCK,
+        }
+    }
+}
+
+/// Writes `data` at `offset` into the file's blocks (allocating), without touching its
+/// size or times.
+pub(crate) fn write_blocks(
+    st: &mut State,
+    io: &dyn BlockIo,
+    inode: &mut Inode,
+    offset: u64,
+    data: &[u8],
+) -> Result<()> {
+    let mut block = Box::new([0u8; BLOCK_SIZE]);
+    let mut pos = offset;
+    let end = offset + data.len() as u64;
+    let mut hint = 0;
+    while pos < end {
+        let index = pos / BS;
+        let within = (pos % BS) as usize;
+        let take = ((BS - pos % BS).min(end - pos)) as usize;
+        let mut alloc = AllocIo { alloc: &mut st.alloc, io };
+        let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
+        inode.blocks += mapped.allocated;
+        if take < BLOCK_SIZE {
+            if mapped.fresh {
+                block.fill(0);
+            } else {
+                io.read_block(mapped.block, &mut block)?;
+            }
+        }
+        let src = (pos - offset) as usize;
+        block[within..within + take].copy_from_slice(&data[src..src + take]);
+        io.write_block(mapped.block, &block)?;
+        hint = mapped.block + 1;
+        pos += take as u64;
+    }
+    Ok(())
+}
+
+/// Sets the size; shrinking frees whole blocks past the end and zeroes the tail of the
+/// last one, so growing again later reads zeros.
+fn truncate(st: &mut State, io: &dyn BlockIo, inode: &mut Inode, size: u64) -> Result<()> {
+    if size < inode.size {
+        zero_range(st, io, inode, size, inode.size, true)?;
+    }
+    inode.size = size;
+    Ok(())
+}
+
+/// Makes `[start, end)` read as zeros: whole blocks are freed, partial ones zeroed. With
+/// `to_eof`, every block from the first whole one on is freed.
+fn zero_range(
+    st: &mut State,
+    io: &dyn BlockIo,
+    inode: &mut Inode,
+    start: u64,
+    end: u64,
+    to_eof: bool,
+) -> Result<()> {
+    if start >= end {
+        return Ok(());
+    }
+    let first_whole = start.div_ceil(BS);
+    let last_whole = if to_eof { u64::MAX } else { end / BS };
+    if start % BS != 0 {
+        let index = start / BS;
+        let block_end = (index + 1) * BS;
+        zero_in_block(io, inode, index, start % BS, end.min(block_end) - index * BS)?;
+    }
+    if !to_eof && end % BS != 0 && end / BS >= first_whole {
+        zero_in_block(io, inode, end / BS, 0, end % BS)?;
+    }
+    if first_whole < last_whole {
+        let mut alloc = AllocIo {
+            alloc: &mut st.alloc,
+            io,
+        };
+        let freed = inode.map.punch(io, &mut alloc, first_whole, last_whole)?;
+        inode.blocks = inode.blocks.saturating_sub(freed);
+    }
+    Ok(())
+}
+
+/// Zeroes bytes `[from, to)` of file block `index`, if it is mapped.
+fn zero_in_block(io: &dyn BlockIo, inode: &Inode, index: u64, from: u64, to: u64) -> Result<()> {
+    if let Some(b) = inode.map.get(io, index)? {
+        let mut block = Box::new([0u8; BLOCK_SIZE]);
+        io.read_block(b, &mut block)?;
+        block[from as usize..to as usize].fill(0);
+        io.write_block(b, &block)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The filesystem layer without FUSE: namespace, data, attributes, link counts, orphans,
+//! persistence across reopen, and ENOSPC before any change.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestVolume;
+use domfs::Error;
+use domfs::error::Posix;
+use domfs::filesystem::inode::{ROOT_INO, S_IFIFO, S_IFREG};
+use domfs::filesystem::{Caller, Filesystem, RenameFlags, SetAttr};
+use domfs::store::StoreOptions;
+
+fn open(vol: &TestVolume) -> Filesystem {
+    let store = vol.open_with(StoreOptions {
+        auto_commit: false,
+        ..StoreOptions::default()
+    });
+    Filesystem::open(Arc::new(store), false).expect("open filesystem")
+}
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 100,
+    pid: 1,
+};
+
+fn posix(result: Result<impl std::fmt::Debug, Error>) -> Posix {
+    match result {
+        Err(Error::Posix(p)) => p,
+        other => panic!("expected a POSIX error, got {other:?}"),
+    }
+}
+
+fn names(fs: &Filesystem, dir: u64) -> Vec<String> {
+    let mut out: Vec<String> = fs
+        .readdir(dir, 0, usize::MAX)
+        .expect("readdir")
+        .into_iter()
+        .map(|(_, e)| String::from_utf8_lossy(&e.name).into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn files_and_directories_survive_reopen() {
+    let vol = TestVolume::new(64 << 20);
+    {
+        let fs = open(&vol);
+        let dir = fs.mkdir(ROOT_INO, b"records", 0o750, ME).expect("mkdir");
+        assert_eq!(dir.inode.uid, 1000);
+        let file = fs.mknod(dir.ino, b"patient-1.txt", S_IFREG | 0o640, 0, ME).expect("create");
+        let text = b"blood type: 0+\n".repeat(1000);
+        fs.write(file.ino, 0, &text).expect("write");
+        fs.write(file.ino, 10_000_000, b"tail").expect("sparse write");
+        fs.sync().expect("sync");
+        assert_eq!(fs.getattr(ROOT_INO).expect("root").inode.nlink, 3);
+    }
+    let fs = open(&vol);
+    let dir = fs.lookup(ROOT_INO, b"records").expect("lookup dir");
+    let file = fs.lookup(dir.ino, b"patient-1.txt").expect("lookup file");
+    assert_eq!(file.inode.size, 10_000_004);
+    assert_eq!(file.inode.mode, S_IFREG | 0o640);
+    let text = b"blood type: 0+\n".repeat(1000);
+    assert_eq!(fs.read(file.ino, 0, text.len() as u32).expect("read"), text);
+    assert_eq!(fs.read(file.ino, 9_999_998, 100).expect("read"), b"\0\0tail");
+    assert_eq!(fs.read(file.ino, 5_000_000, 4).expect("hole"), vec![0; 4]);
+    assert!(file.inode.blocks < 20, "sparse file owns {} blocks", file.inode.blocks);
+    assert_eq!(names(&fs, dir.ino), [".", "..", "patient-1.txt"]);
+}
+
+#[test]
+fn unsynced_operations_are_lost_whole_on_reopen() {
+    let vol = TestVolume::new(32 << 20);
+    {
+        let fs = open(&vol);
+        fs.mknod(ROOT_INO, b"kept", S_IFREG | 0o600, 0, ME).expect("create");
+        fs.sync().expect("sync");
+        fs.mknod(ROOT_INO, b"lost", S_IFREG | 0o600, 0, ME).expect("create");
+    }
+    let fs = open(&vol);
+    assert_eq!(names(&fs, ROOT_INO), [".", "..", "kept"]);
+}
+
+#[test]
+fn names_links_and_renames_follow_posix() {
+    let vol = TestVolume::new(32 << 20);
+    let fs = open(&vol);
+    let a = fs.mknod(ROOT_INO, b"a", S_IFREG | 0o644, 0, ME).expect("a");
+    assert_eq!(posix(fs.mknod(ROOT_INO, b"a", S_IFREG | 0o644, 0, ME)), Posix::Exists);
+    assert_eq!(posix(fs.mknod(ROOT_INO, &[b'x'; 256], S_IFREG, 0, ME)), Posix::NameTooLong);
+    fs.mknod(ROOT_INO, &[b'x'; 255], S_IFREG, 0, ME).expect("255-byte name");
+    assert_eq!(posix(fs.lookup(ROOT_INO, b"missing")), Posix::NotFound);
+
+    fs.link(a.ino, ROOT_INO, b"b").expect("hard link");
+    assert_eq!(fs.getattr(a.ino).expect("a").inode.nlink, 2);
+    fs.unlink(ROOT_INO, b"a").expect("unlink a");
+    assert_eq!(fs.getattr(a.ino).expect("b").inode.nlink, 1);
+
+    let d1 = fs.mkdir(ROOT_INO, b"d1", 0o755, ME).expect("d1");
+    let d2 = fs.mkdir(ROOT_INO, b"d2", 0o755, ME).expect("d2");
+    let sub = fs.mkdir(d1.ino, b"sub", 0o755, ME).expect("sub");
+    assert_eq!(fs.getattr(d1.ino).expect("d1").inode.nlink, 3);
+    // A directory cannot move into itself.
+    assert_eq!(posix(fs.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameFlags::default())), Posix::Invalid);
+    fs.rename(d1.ino, b"sub", d2.ino, b"sub", RenameFlags::default()).expect("move dir");
+    assert_eq!(fs.getattr(d1.ino).expect("d1").inode.nlink, 2);
+    assert_eq!(fs.getattr(d2.ino).expect("d2").inode.nlink, 3);
+    assert_eq!(fs.lookup(sub.ino, b"..").expect("..").ino, d2.ino);
+    // Rename over an existing file replaces it atomically.
+    let c = fs.mknod(ROOT_INO, b"c", S_IFREG | 0o644, 0, ME).expect("c");
+    fs.write(c.ino, 0, b"new").expect("write");
+    fs.rename(ROOT_INO, b"c", ROOT_INO, b"b", RenameFlags::default()).expect("rename over");
+    let b = fs.lookup(ROOT_INO, b"b").expect("b");
+    assert_eq!(b.ino, c.ino);
+    // The replaced file lives on while the kernel remembers it, then is freed.
+    assert_eq!(fs.getattr(a.ino).expect("still referenced").inode.nlink, 0);
+    fs.forget(a.ino, 2);
+    assert_eq!(posix(fs.getattr(a.ino)), Posix::NotFound);
+    // No-replace and exchange.
+    fs.mknod(ROOT_INO, b"e", S_IFREG | 0o644, 0, ME).expect("e");
+    let no_replace = RenameFlags { no_replace: true, exchange: false };
+    assert_eq!(posix(fs.rename(ROOT_INO, b"e", ROOT_INO, b"b", no_replace)), Posix::Exists);
+    let exchange = RenameFlags { no_replace: false, exchange: true };
+    fs.rename(ROOT_INO, b"e", d2.ino, b"sub", exchange).expect("exchange");
+    assert_eq!(fs.lookup(ROOT_INO, b"e").expect("e").ino, sub.ino);
+    assert_eq!(fs.getattr(sub.ino).expect("sub").inode.parent, ROOT_INO);
+    // Directories: rmdir of a non-empty one fails, unlink of a directory fails.
+    fs.mknod(d2.ino, b"f", S_IFREG, 0, ME).expect("f");
+    assert_eq!(posix(fs.rmdir(ROOT_INO, b"d2")), Posix::NotEmpty);
+    assert_eq!(posix(fs.unlink(ROOT_INO, b"d2")), Posix::IsDirectory);
+    assert_eq!(posix(fs.rmdir(ROOT_INO, b"b")), Posix::NotDirectory);
+    fs.unlink(d2.ino, b"f").expect("unlink f");
+    fs.unlink(d2.ino, b"sub").expect("unlink the exchanged file");
+    fs.rmdir(ROOT_INO, b"d2").expect("rmdir");
+    // Symlinks and FIFOs.
+    let l = fs.symlink(ROOT_INO, b"link", b"/etc/hostname", ME).expect("symlink");
+    assert_eq!(fs.readlink(l.ino).expect("readlink"), b"/etc/hostname");
+    assert_eq!(posix(fs.symlink(ROOT_INO, b"long", &[b'a'; 4096], ME)), Posix::NameTooLong);
+    let p = fs.mknod(ROOT_INO, b"pipe", S_IFIFO | 0o600, 0, ME).expect("fifo");
+    assert_eq!(p.inode.mode, S_IFIFO | 0o600);
+}
+
+#[test]
+fn truncate_and_fallocate_keep_contents_right() {
+    let vol = TestVolume::new(32 << 20);
+    let fs = open(&vol);
+    let f = fs.mknod(ROOT_INO, b"f", S_IFREG | 0o644, 0, ME).expect("f");
+    fs.write(f.ino, 0, &[7u8; 10_000]).expect("write");
+    let shrink = SetAttr { size: Some(5000), ..SetAttr::default() };
+    fs.setattr(f.ino, shrink).expect("shrink");
+    let grow = SetAttr { size: Some(12_000), ..SetAttr::default() };
+    fs.setattr(f.ino, grow).expect("grow");
+    let data = fs.read(f.ino, 0, 20_000).expect("read");
+    assert_eq!(data.len(), 12_000);
+    assert!(data[..5000].iter().all(|&b| b == 7));
+    assert!(data[5000..].iter().all(|&b| b == 0), "stale bytes after truncate");
+    // A huge truncate allocates nothing.
+    let huge = SetAttr { size: Some(1 << 40), ..SetAttr::default() };
+    let e = fs.setattr(f.ino, huge).expect("huge truncate");
+    assert!(e.inode.blocks < 8);
+    let too_big = SetAttr { size: Some(u64::MAX / 2), ..SetAttr::default() };
+    assert_eq!(posix(fs.setattr(f.ino, too_big)), Posix::FileTooLarge);
+    // fallocate mode 0 extends; punching a hole zeroes.
+    let g = fs.mknod(ROOT_INO, b"g", S_IFREG | 0o644, 0, ME).expect("g");
+    fs.fallocate(g.ino, 0, 100_000, 0).expect("fallocate");
+    let g_attr = fs.getattr(g.ino).expect("g");
+    assert_eq!(g_attr.inode.size, 100_000);
+    assert!(g_attr.inode.blocks >= 25);
+    fs.write(g.ino, 0, &[1u8; 100_000]).expect("fill");
+    fs.fallocate(g.ino, 5000, 20_000, 0x01 | 0x02).expect("punch");
+    let data = fs.read(g.ino, 0, 100_000).expect("read");
+    assert!(data[..5000].iter().all(|&b| b == 1));
+    assert!(data[5000..25_000].iter().all(|&b| b == 0));
+    assert!(data[25_000..].iter().all(|&b| b == 1));
+}
+
+#[test]
+fn unlinked_open_files_live_until_released_and_orphans_are_freed_at_mount() {
+    let vol = TestVolume::new(32 << 20);
+    let used_before;
+    {
+        let fs = open(&vol);
+        used_before = fs.statfs().free;
+        let f = fs.mknod(ROOT_INO, b"tmp", S_IFREG | 0o600, 0, ME).expect("create");
+        fs.opened(f.ino);
+        fs.write(f.ino, 0, &[9u8; 1 << 20]).expect("write");
+        fs.unlink(ROOT_INO, b"tmp").expect("unlink");
+        assert_eq!(fs.read(f.ino, 0, 4).expect("read via handle"), [9, 9, 9, 9]);
+        fs.sync().expect("sync");
+        // Crash with the file still open.
+    }
+    let fs = open(&vol);
+    assert_eq!(names(&fs, ROOT_INO), [".", ".."]);
+    fs.sync().expect("sync");
+    assert!(fs.statfs().free + 16 >= used_before, "orphan blocks were not freed");
+}
+
+#[test]
+fn xattrs_round_trip() {
+    let vol = TestVolume::new(32 << 20);
+    let fs = open(&vol);
+    let f = fs.mknod(ROOT_INO, b"f", S_IFREG | 0o644, 0, ME).expect("f");
+    fs.setxattr(f.ino, b"user.ward", b"12", 0).expect("set");
+    fs.setxattr(f.ino, b"user.doctor", b"house", 0).expect("set");
+    assert_eq!(fs.getxattr(f.ino, b"user.ward").expect("get"), b"12");
+    assert_eq!(posix(fs.setxattr(f.ino, b"user.ward", b"13", 1)), Posix::Exists);
+    assert_eq!(posix(fs.setxattr(f.ino, b"user.none", b"1", 2)), Posix::NoAttribute);
+    assert_eq!(fs.listxattr(f.ino).expect("list"), b"user.ward\0user.doctor\0");
+    fs.removexattr(f.ino, b"user.ward").expect("remove");
+    assert_eq!(posix(fs.getxattr(f.ino, b"user.ward")), Posix::NoAttribute);
+}
+
+#[test]
+fn a_full_volume_refuses_before_changing_anything() {
+    let vol = TestVolume::new(8 << 20);
+    let fs = open(&vol);
+    let f = fs.mknod(ROOT_INO, b"big", S_IFREG | 0o644, 0, ME).expect("create");
+    let chunk = vec![3u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        match fs.write(f.ino, written, &chunk) {
+            Ok(n) => written += u64::from(n),
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(written < 16 << 20, "never ran out of space");
+    }
+    assert!(written > 4 << 20, "only {written} bytes fit");
+    fs.sync().expect("sync after ENOSPC");
+    let size = fs.getattr(f.ino).expect("attr").inode.size;
+    assert_eq!(size, written);
+    drop(fs);
+    let fs = open(&vol);
+    let data = fs.read(f.ino, written - 10, 10).expect("read tail");
+    assert_eq!(data, vec![3u8; 10]);
+    fs.unlink(ROOT_INO, b"big").expect("unlink");
+    fs.sync().expect("sync");
+    fs.mknod(ROOT_INO, b"after", S_IFREG | 0o644, 0, ME).expect("space is back");
+}
