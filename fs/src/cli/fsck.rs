@@ -51,13 +51,29 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
     for problem in &report.structure_problems {
         println!("inconsistent: {problem}");
     }
+    let fs_report = check_filesystem(&args, &key, &report)?;
+    if let Some(fs) = &fs_report {
+        for problem in &fs.problems {
+            println!("filesystem: {problem}");
+        }
+        for file in &fs.affected {
+            println!("affected: {file}");
+        }
+        if global.verbose > 0 {
+            println!(
+                "filesystem: {} files in {} directories",
+                fs.files, fs.directories
+            );
+        }
+    }
+    let fs_clean = fs_report.as_ref().is_none_or(|r| r.is_clean());
     if global.verbose > 0 {
         println!(
             "commit {}: verified {} blocks ({} data)",
             report.sequence, report.blocks_verified, report.data_blocks
         );
     }
-    if report.is_clean() {
+    if report.is_clean() && fs_clean {
         if !global.quiet {
             println!("{}: clean", args.volume.display());
         }
@@ -71,5 +87,41 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
             args.volume.display()
         );
         Ok(INTEGRITY)
+    }
+}
+
+/// The filesystem's check, on the store opened read-only; the blocks the store found
+/// damaged are named by file.
+fn check_filesystem(
+    args: &Args,
+    key: &crate::crypto::DomainKey,
+    report: &crate::store::fsck::FsckReport,
+) -> Result<Option<crate::filesystem::fsck::FsReport>> {
+    use crate::error::Damaged;
+    use crate::store::{BlockStore, StoreOptions};
+    let dev = FileDevice::open(&args.volume, Access::ReadOnly)
+        .with_context(|| format!("cannot open {}", args.volume.display()))?;
+    let store = BlockStore::open(
+        Arc::new(dev),
+        key,
+        StoreOptions {
+            access: Access::ReadOnly,
+            ..StoreOptions::default()
+        },
+    )?;
+    let bad: Vec<std::ops::Range<u64>> = report
+        .bad_blocks
+        .iter()
+        .filter_map(|b| match b.what {
+            Damaged::Data { logical, .. } => Some(logical..logical + 1),
+            Damaged::Node { .. } => Some(b.lost.0..b.lost.1),
+            Damaged::Bitmap { .. } => None,
+        })
+        .collect();
+    match crate::filesystem::fsck::check(&store, &bad) {
+        Ok(r) => Ok(r),
+        // The filesystem's own superblock is unreadable: the store's report says why.
+        Err(crate::Error::Integrity(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

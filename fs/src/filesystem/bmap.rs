@@ -1,1 +1,975 @@
-//! stub
+//! The per-file block map: a radix tree from a file's block index to a logical block of the
+//! volume (0 = hole).
+//!
+//! A map of height `h` covers `512^h` file blocks. Height 0: `root` is the data block of
+//! file block 0. Height `h ≥ 1`: `root` is an indirect block of 512 little-endian `u64`
+//! entries, each covering `512^(h-1)` file blocks. `root == 0` is the empty map (any height).
+//!
+//! Consistency on errors: no operation ever leaves the map (on disk or in `self`) pointing
+//! at a freed block, and on an error `self` is still the current map (store it).
+//! - `get_or_alloc` allocates every block it needs *before* writing anything; if an
+//!   allocation fails (e.g. [`Error::NoSpace`]) the blocks it already got are freed again
+//!   and the map is unchanged. New indirect blocks are written bottom-up and linked last (one
+//!   entry of an existing indirect block, or the in-memory root), so a failed write of a new
+//!   block also frees them all; only a failure of that final linking write leaves them
+//!   allocated (they may or may not be reachable: fsck reconciles).
+//! - `punch` first unlinks (writing the shortened indirect blocks), then frees: an error
+//!   midway may leak blocks (allocated, unreachable; fsck reclaims them), never dangle.
+//!
+//! Indirect blocks are authenticated by the layers below, but their entries are still never
+//! trusted for indexing; an entry pointing back at an indirect block on its own path is
+//! [`Error::CorruptFilesystem`]. Depth is bounded by the height (≤ [`MAX_HEIGHT`]).
+
+use super::{BlockAlloc, BlockIo};
+use crate::Result;
+use crate::error::{Error, Posix};
+use crate::types::{BLOCK_SIZE, Block};
+
+/// Entries per indirect block.
+pub const PTRS_PER_BLOCK: u64 = 512;
+/// Largest file: 2^40 blocks of 4 KiB (4 PiB).
+pub const MAX_FILE_BLOCKS: u64 = 1 << 40;
+/// Largest valid height (512^5 = 2^45 ≥ [`MAX_FILE_BLOCKS`]).
+pub const MAX_HEIGHT: u8 = 5;
+
+const SHIFT: u32 = 9;
+
+/// The root of a file's block map, stored in the inode (9 bytes, see [`BlockMap::to_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockMap {
+    pub height: u8,
+    pub root: u64,
+}
+
+/// The result of [`BlockMap::get_or_alloc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapped {
+    /// The data block of the requested file block.
+    pub block: u64,
+    /// The data block was just allocated: its content is undefined, the caller writes it.
+    pub fresh: bool,
+    /// Blocks (data + indirect) this call allocated, for the inode's block count.
+    pub allocated: u64,
+}
+
+/// File blocks covered by a subtree of height `level`.
+fn span(level: u8) -> u64 {
+    1u64 << (SHIFT * u32::from(level.min(MAX_HEIGHT)))
+}
+
+/// The entry of `index` in an indirect block of height `level ≥ 1`.
+fn slot(index: u64, level: u8) -> usize {
+    let shift = SHIFT * u32::from(level.clamp(1, MAX_HEIGHT) - 1);
+    ((index >> shift) & (PTRS_PER_BLOCK - 1)) as usize
+}
+
+/// The smallest height that covers `index`.
+fn height_for(index: u64) -> u8 {
+    let mut h = 0;
+    while h < MAX_HEIGHT && index >= span(h) {
+        h += 1;
+    }
+    h
+}
+
+fn corrupt(msg: String) -> Error {
+    Error::CorruptFilesystem(msg)
+}
+
+/// Rejects an entry that points back at an indirect block on its own path (a loop).
+fn check_entry(entry: u64, ancestors: &[u64]) -> Result<()> {
+    if ancestors.contains(&entry) {
+        return Err(corrupt(format!(
+            "block map entry {entry} points back at an indirect block on its own path"
+        )));
+    }
+    Ok(())
+}
+
+/// An indirect block's content.
+struct Node(Box<Block>);
+
+impl Node {
+    fn zeroed() -> Self {
+        Node(Box::new([0u8; BLOCK_SIZE]))
+    }
+
+    fn read(io: &dyn BlockIo, block: u64) -> Result<Self> {
+        let mut node = Self::zeroed();
+        io.read_block(block, &mut node.0)?;
+        Ok(node)
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.0
+            .get(i.saturating_mul(8)..)
+            .and_then(|s| s.first_chunk::<8>())
+            .map_or(0, |c| u64::from_le_bytes(*c))
+    }
+
+    fn set(&mut self, i: usize, value: u64) {
+        if let Some(c) = self
+            .0
+            .get_mut(i.saturating_mul(8)..)
+            .and_then(|s| s.first_chunk_mut::<8>())
+        {
+            *c = value.to_le_bytes();
+        }
+    }
+
+    /// Non-zero entries, in order.
+    fn entries(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0
+            .chunks_exact(8)
+            .enumerate()
+            .filter_map(|(i, c)| c.first_chunk::<8>().map(|c| (i, u64::from_le_bytes(*c))))
+            .filter(|&(_, e)| e != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&b| b == 0)
+    }
+}
+
+/// A block (or subtree) unlinked by `punch`, freed once all unlinking writes are done.
+enum Doomed {
+    /// Just this block (an indirect block whose entries were already collected).
+    One(u64),
+    /// The block and everything below it (`level` = its height; 0 = data block).
+    Tree(u64, u8),
+}
+
+/// Allocates one block for `get_or_alloc`, recording it; on failure releases all recorded.
+fn take(
+    io: &dyn BlockIo,
+    alloc: &mut dyn BlockAlloc,
+    got: &mut Vec<u64>,
+    hint: u64,
+) -> Result<u64> {
+    match alloc.alloc(hint) {
+        Ok(0) => {
+            release(io, alloc, got);
+            Err(corrupt("the allocator handed out block 0".into()))
+        }
+        Ok(b) => {
+            got.push(b);
+            Ok(b)
+        }
+        Err(e) => {
+            release(io, alloc, got);
+            Err(e)
+        }
+    }
+}
+
+/// Best-effort return of blocks allocated by a failed `get_or_alloc` (none are linked yet).
+fn release(io: &dyn BlockIo, alloc: &mut dyn BlockAlloc, got: &mut Vec<u64>) {
+    for b in got.drain(..).rev() {
+        let _ = io.discard_block(b);
+        let _ = alloc.free(b);
+    }
+}
+
+fn free_one(io: &dyn BlockIo, alloc: &mut dyn BlockAlloc, block: u64) -> Result<u64> {
+    io.discard_block(block)?;
+    alloc.free(block)?;
+    Ok(1)
+}
+
+/// Frees a subtree bottom-up; returns the number of blocks freed.
+fn free_tree(
+    io: &dyn BlockIo,
+    alloc: &mut dyn BlockAlloc,
+    block: u64,
+    level: u8,
+    ancestors: &mut Vec<u64>,
+) -> Result<u64> {
+    let mut n = 0u64;
+    if level > 0 {
+        let node = Node::read(io, block)?;
+        ancestors.push(block);
+        for (_, e) in node.entries() {
+            check_entry(e, ancestors)?;
+            n = n.saturating_add(free_tree(io, alloc, e, level - 1, ancestors)?);
+        }
+        ancestors.pop();
+    }
+    Ok(n.saturating_add(free_one(io, alloc, block)?))
+}
+
+/// Unlinks the part of `[start, end)` below `block` (height `level ≥ 1`, first index `base`;
+/// the range overlaps the block's and `end ≤ base + span(level)`), collecting what to free.
+/// Returns true when the block is now all holes (it is then not written: the caller unlinks
+/// and dooms it).
+#[allow(clippy::too_many_arguments)]
+fn punch_node(
+    io: &dyn BlockIo,
+    block: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+    doomed: &mut Vec<Doomed>,
+    ancestors: &mut Vec<u64>,
+) -> Result<bool> {
+    let mut node = Node::read(io, block)?;
+    let child_span = span(level - 1);
+    let first = (start.saturating_sub(base) / child_span).min(PTRS_PER_BLOCK) as usize;
+    let last = (end.saturating_sub(base).div_ceil(child_span)).min(PTRS_PER_BLOCK) as usize;
+    let mut changed = false;
+    ancestors.push(block);
+    for i in first..last {
+        let e = node.get(i);
+        if e == 0 {
+            continue;
+        }
+        check_entry(e, ancestors)?;
+        let child_base = base.saturating_add((i as u64).saturating_mul(child_span));
+        let whole = start <= child_base && child_base.saturating_add(child_span) <= end;
+        if whole || level == 1 {
+            doomed.push(Doomed::Tree(e, level - 1));
+        } else if punch_node(io, e, level - 1, child_base, start, end, doomed, ancestors)? {
+            doomed.push(Doomed::One(e));
+        } else {
+            continue;
+        }
+        node.set(i, 0);
+        changed = true;
+    }
+    ancestors.pop();
+    if node.is_empty() {
+        return Ok(true);
+    }
+    if changed {
+        io.write_block(block, &node.0)?;
+    }
+    Ok(false)
+}
+
+impl BlockMap {
+    /// The inode encoding: height, then the root as little-endian `u64`.
+    pub fn to_bytes(&self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[0] = self.height;
+        out[1..].copy_from_slice(&self.root.to_le_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8; 9]) -> Result<Self> {
+        let [height, root @ ..] = *bytes;
+        let map = BlockMap {
+            height,
+            root: u64::from_le_bytes(root),
+        };
+        map.check()?;
+        Ok(map)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.height > MAX_HEIGHT {
+            return Err(corrupt(format!(
+                "block map height {} exceeds {MAX_HEIGHT}",
+                self.height
+            )));
+        }
+        Ok(())
+    }
+
+    /// The data block of file block `index`; None for a hole or beyond the map's capacity.
+    pub fn get(&self, io: &dyn BlockIo, index: u64) -> Result<Option<u64>> {
+        self.check()?;
+        if self.root == 0 || index >= span(self.height) {
+            return Ok(None);
+        }
+        let mut ancestors = [0u64; MAX_HEIGHT as usize];
+        let (mut block, mut level) = (self.root, self.height);
+        while level > 0 {
+            let e = Node::read(io, block)?.get(slot(index, level));
+            if e == 0 {
+                return Ok(None);
+            }
+            let depth = usize::from(self.height - level);
+            if let Some(a) = ancestors.get_mut(depth) {
+                *a = block;
+            }
+            check_entry(e, ancestors.get(..=depth).unwrap_or(&[]))?;
+            block = e;
+            level -= 1;
+        }
+        Ok(Some(block))
+    }
+
+    /// The data block of file block `index`, allocating it (and any indirect blocks, growing
+    /// the height) when it is a hole. See the module doc for what happens on errors.
+    pub fn get_or_alloc(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        index: u64,
+        hint: u64,
+    ) -> Result<Mapped> {
+        self.check()?;
+        if index >= MAX_FILE_BLOCKS {
+            return Err(Posix::FileTooLarge.into());
+        }
+        let need = height_for(index);
+        // The deepest existing indirect block on the path, where the new chain hangs.
+        let mut link: Option<(u64, u8, Node)> = None;
+        let mut grow = 0u8;
+        if self.root != 0 {
+            if self.height < need {
+                grow = need - self.height;
+            } else if self.height == 0 {
+                let block = self.root;
+                return Ok(Mapped {
+                    block,
+                    fresh: false,
+                    allocated: 0,
+                });
+            } else {
+                let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
+                let (mut block, mut level) = (self.root, self.height);
+                loop {
+                    let node = Node::read(io, block)?;
+                    let e = node.get(slot(index, level));
+                    if e == 0 {
+                        link = Some((block, level, node));
+                        break;
+                    }
+                    ancestors.push(block);
+                    check_entry(e, &ancestors)?;
+                    if level == 1 {
+                        return Ok(Mapped {
+                            block: e,
+                            fresh: false,
+                            allocated: 0,
+                        });
+                    }
+                    block = e;
+                    level -= 1;
+                }
+            }
+        }
+        // New indirect blocks on the path, at heights path_top down to 1.
+        let path_top = match (&link, grow) {
+            (Some((_, level, _)), _) => level - 1,
+            (None, 0) => need,
+            (None, _) => need - 1,
+        };
+
+        // Allocate everything first (growth roots, path top-down, data).
+        let mut got = Vec::with_capacity(usize::from(grow) + usize::from(path_top) + 1);
+        let mut grown = Vec::with_capacity(usize::from(grow));
+        for _ in 0..grow {
+            grown.push(take(io, alloc, &mut got, hint)?);
+        }
+        let mut parent = grown
+            .last()
+            .copied()
+            .or(link.as_ref().map(|l| l.0))
+            .unwrap_or(hint);
+        let mut path = Vec::with_capacity(usize::from(path_top));
+        for _ in 0..path_top {
+            parent = take(io, alloc, &mut got, parent)?;
+            path.push(parent);
+        }
+        let data = take(io, alloc, &mut got, hint)?;
+
+        // Write the new indirect blocks bottom-up, so each points only at written blocks.
+        let mut child = data;
+        for (k, &b) in path.iter().enumerate().rev() {
+            let mut node = Node::zeroed();
+            node.set(slot(index, path_top - k as u8), child);
+            if let Err(e) = io.write_block(b, &node.0) {
+                release(io, alloc, &mut got);
+                return Err(e);
+            }
+            child = b;
+        }
+        let mut below = self.root;
+        for (k, &b) in grown.iter().enumerate() {
+            let level = self.height + 1 + k as u8;
+            let mut node = Node::zeroed();
+            node.set(0, below);
+            if level == need {
+                // index ≥ 512^(need-1), so this slot is never 0.
+                node.set(slot(index, level), child);
+            }
+            if let Err(e) = io.write_block(b, &node.0) {
+                release(io, alloc, &mut got);
+                return Err(e);
+            }
+            below = b;
+        }
+        let allocated = got.len() as u64;
+        if let Some((b, level, mut node)) = link {
+            node.set(slot(index, level), child);
+            io.write_block(b, &node.0)?;
+        } else {
+            self.root = if grow > 0 { below } else { child };
+            self.height = need;
+        }
+        Ok(Mapped {
+            block: data,
+            fresh: true,
+            allocated,
+        })
+    }
+
+    /// Unmaps and frees every data block with index in `[start, end)`, and every indirect
+    /// block left all holes; each freed block is discarded, then freed. Hole subtrees are
+    /// skipped. Returns the number of blocks freed (data + indirect). The height shrinks
+    /// while only entry 0 of the root remains; an emptied map becomes the default.
+    pub fn punch(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        start: u64,
+        end: u64,
+    ) -> Result<u64> {
+        self.check()?;
+        let cap = span(self.height);
+        let end = end.min(cap);
+        if self.root == 0 || start >= end {
+            return Ok(0);
+        }
+        let mut doomed = Vec::new();
+        if start == 0 && end == cap {
+            doomed.push(Doomed::Tree(self.root, self.height));
+            *self = Self::default();
+        } else {
+            // Height ≥ 1 here: at height 0 the only non-empty range is the whole map.
+            let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
+            let (root, height) = (self.root, self.height);
+            if punch_node(io, root, height, 0, start, end, &mut doomed, &mut ancestors)? {
+                doomed.push(Doomed::One(root));
+                *self = Self::default();
+            } else if !doomed.is_empty() {
+                self.shrink(io, &mut doomed)?;
+            }
+        }
+        let mut freed = 0u64;
+        let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
+        for d in doomed {
+            freed = freed.saturating_add(match d {
+                Doomed::One(b) => free_one(io, alloc, b)?,
+                Doomed::Tree(b, level) => free_tree(io, alloc, b, level, &mut ancestors)?,
+            });
+        }
+        Ok(freed)
+    }
+
+    /// Drops root levels whose only non-hole entry is entry 0.
+    fn shrink(&mut self, io: &dyn BlockIo, doomed: &mut Vec<Doomed>) -> Result<()> {
+        while self.height > 0 && self.root != 0 {
+            let node = Node::read(io, self.root)?;
+            let mut entries = node.entries();
+            let only = match (entries.next(), entries.next()) {
+                (Some((0, e)), None) => e,
+                _ => break,
+            };
+            check_entry(only, &[self.root])?;
+            doomed.push(Doomed::One(self.root));
+            self.root = only;
+            self.height -= 1;
+        }
+        Ok(())
+    }
+
+    /// Calls `f(index, block)` for every mapped data block, in index order.
+    pub fn for_each(
+        &self,
+        io: &dyn BlockIo,
+        f: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        self.walk(io, &mut |index, block, indirect| {
+            if indirect { Ok(()) } else { f(index, block) }
+        })
+    }
+
+    /// Calls `f(block, is_indirect)` for every block the map owns (indirect blocks before
+    /// their children).
+    pub fn for_each_block(
+        &self,
+        io: &dyn BlockIo,
+        f: &mut dyn FnMut(u64, bool) -> Result<()>,
+    ) -> Result<()> {
+        self.walk(io, &mut |_, block, indirect| f(block, indirect))
+    }
+
+    fn walk(
+        &self,
+        io: &dyn BlockIo,
+        f: &mut dyn FnMut(u64, u64, bool) -> Result<()>,
+    ) -> Result<()> {
+        self.check()?;
+        if self.root == 0 {
+            return Ok(());
+        }
+        let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
+        walk_node(io, self.root, self.height, 0, &mut ancestors, f)
+    }
+}
+
+fn walk_node(
+    io: &dyn BlockIo,
+    block: u64,
+    level: u8,
+    base: u64,
+    ancestors: &mut Vec<u64>,
+    f: &mut dyn FnMut(u64, u64, bool) -> Result<()>,
+) -> Result<()> {
+    if level == 0 {
+        return f(base, block, false);
+    }
+    f(base, block, true)?;
+    let node = Node::read(io, block)?;
+    let child_span = span(level - 1);
+    ancestors.push(block);
+    for (i, e) in node.entries() {
+        check_entry(e, ancestors)?;
+        let child_base = base.saturating_add((i as u64).saturating_mul(child_span));
+        walk_node(io, e, level - 1, child_base, ancestors, f)?;
+    }
+    ancestors.pop();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct MemIo {
+        blocks: Mutex<HashMap<u64, Box<Block>>>,
+        reads: AtomicU64,
+        /// Some(n): the write after n more successful ones fails.
+        fail_write_after: Mutex<Option<u64>>,
+    }
+
+    impl BlockIo for MemIo {
+        fn read_block(&self, block: u64, out: &mut Block) -> Result<()> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            match self.blocks.lock().unwrap().get(&block) {
+                Some(d) => out.copy_from_slice(&d[..]),
+                None => out.fill(0),
+            }
+            Ok(())
+        }
+        fn write_block(&self, block: u64, data: &Block) -> Result<()> {
+            let mut fail = self.fail_write_after.lock().unwrap();
+            if let Some(n) = *fail {
+                if n == 0 {
+                    return Err(Error::io("test write", std::io::Error::other("injected")));
+                }
+                *fail = Some(n - 1);
+            }
+            self.blocks.lock().unwrap().insert(block, Box::new(*data));
+            Ok(())
+        }
+        fn discard_block(&self, block: u64) -> Result<()> {
+            self.blocks.lock().unwrap().remove(&block);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct MemAlloc {
+        next: u64,
+        used: HashSet<u64>,
+        /// Some(n): n more allocations succeed, then NoSpace.
+        fail_after: Option<u64>,
+        hints: Vec<u64>,
+    }
+
+    impl BlockAlloc for MemAlloc {
+        fn alloc(&mut self, hint: u64) -> Result<u64> {
+            if let Some(n) = self.fail_after {
+                if n == 0 {
+                    return Err(Error::NoSpace);
+                }
+                self.fail_after = Some(n - 1);
+            }
+            self.hints.push(hint);
+            self.next += 1;
+            self.used.insert(self.next);
+            Ok(self.next)
+        }
+        fn free(&mut self, block: u64) -> Result<()> {
+            if self.used.remove(&block) {
+                Ok(())
+            } else {
+                Err(Error::CorruptFilesystem(format!("double free of {block}")))
+            }
+        }
+    }
+
+    fn owned(map: &BlockMap, io: &MemIo) -> HashSet<u64> {
+        let mut set = HashSet::new();
+        map.for_each_block(io, &mut |b, indirect| {
+            assert!(set.insert(b), "block {b} reachable twice");
+            if indirect {
+                assert!(
+                    io.blocks.lock().unwrap().contains_key(&b),
+                    "indirect {b} unwritten"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+        set
+    }
+
+    /// for_each matches the model in order; reachable blocks are exactly the used ones.
+    fn check(map: &BlockMap, io: &MemIo, alloc: &MemAlloc, model: &BTreeMap<u64, u64>) {
+        let mut seen = Vec::new();
+        map.for_each(io, &mut |i, b| {
+            seen.push((i, b));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<_> = model.iter().map(|(&i, &b)| (i, b)).collect();
+        assert_eq!(seen, want);
+        assert_eq!(owned(map, io), alloc.used);
+    }
+
+    fn random_index(rng: &mut StdRng) -> u64 {
+        match rng.random_range(0..3) {
+            0 => rng.random_range(0..2_000),
+            1 => rng.random_range(0..100_000),
+            _ => rng.random_range(0..10_000_000_000),
+        }
+    }
+
+    #[test]
+    fn random_against_model() {
+        for seed in 0..6u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+            let mut map = BlockMap::default();
+            let mut model = BTreeMap::new();
+            let mut count = 0u64; // allocated − freed, as an inode would keep it
+            for step in 0..1500 {
+                let op = rng.random_range(0..100);
+                if op < 65 {
+                    let index = random_index(&mut rng);
+                    let m = map.get_or_alloc(&io, &mut alloc, index, index).unwrap();
+                    match model.get(&index) {
+                        Some(&b) => assert_eq!(
+                            m,
+                            Mapped {
+                                block: b,
+                                fresh: false,
+                                allocated: 0
+                            }
+                        ),
+                        None => {
+                            assert!(m.fresh && m.allocated >= 1);
+                            model.insert(index, m.block);
+                        }
+                    }
+                    count += m.allocated;
+                } else if op < 82 {
+                    let index = if rng.random_bool(0.5) && !model.is_empty() {
+                        *model.keys().nth(rng.random_range(0..model.len())).unwrap()
+                    } else {
+                        random_index(&mut rng)
+                    };
+                    assert_eq!(map.get(&io, index).unwrap(), model.get(&index).copied());
+                } else {
+                    let start = random_index(&mut rng);
+                    let end = match rng.random_range(0..20) {
+                        0 => u64::MAX,
+                        1..=4 => start + rng.random_range(0..10_000_000),
+                        _ => start + rng.random_range(0..3_000),
+                    };
+                    let gone: Vec<u64> = model.range(start..end).map(|(&i, _)| i).collect();
+                    let before = alloc.used.len() as u64;
+                    let freed = map.punch(&io, &mut alloc, start, end).unwrap();
+                    assert_eq!(before - alloc.used.len() as u64, freed);
+                    assert!(freed >= gone.len() as u64);
+                    for i in gone {
+                        model.remove(&i);
+                    }
+                    count -= freed;
+                }
+                assert_eq!(count, alloc.used.len() as u64);
+                if step % 10 == 0 {
+                    check(&map, &io, &alloc, &model);
+                }
+            }
+            check(&map, &io, &alloc, &model);
+            let freed = map.punch(&io, &mut alloc, 0, u64::MAX).unwrap();
+            assert_eq!(freed, count);
+            assert_eq!(map, BlockMap::default());
+            assert!(alloc.used.is_empty(), "leak: {:?}", alloc.used);
+            assert!(io.blocks.lock().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn growth_keeps_data_and_for_each_orders() {
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        let mut model = BTreeMap::new();
+        let indices = [
+            0,
+            1,
+            511,
+            512,
+            262_143,
+            262_144,
+            1_000_000_000,
+            MAX_FILE_BLOCKS - 1,
+        ];
+        let heights = [0, 1, 1, 2, 2, 3, 4, 5];
+        for (&index, &h) in indices.iter().zip(&heights) {
+            let m = map.get_or_alloc(&io, &mut alloc, index, 0).unwrap();
+            assert!(m.fresh);
+            model.insert(index, m.block);
+            assert_eq!(map.height, h);
+            for (&i, &b) in &model {
+                assert_eq!(map.get(&io, i).unwrap(), Some(b));
+            }
+            check(&map, &io, &alloc, &model);
+        }
+        // An empty map takes the needed height directly.
+        let mut empty = BlockMap { height: 3, root: 0 };
+        let m = empty.get_or_alloc(&io, &mut alloc, 5, 0).unwrap();
+        assert_eq!((empty.height, empty.root, m.allocated), (1, m.block - 1, 2));
+        assert_eq!(empty.get(&io, 5).unwrap(), Some(m.block));
+        assert_eq!(empty.get(&io, 512).unwrap(), None);
+    }
+
+    #[test]
+    fn hints_stay_local() {
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        map.get_or_alloc(&io, &mut alloc, 1000, 77).unwrap();
+        // Level-2 root (hint), its level-1 child (hint = parent 1), data (hint).
+        assert_eq!(alloc.hints, vec![77, 1, 77]);
+    }
+
+    #[test]
+    fn too_large() {
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        for index in [MAX_FILE_BLOCKS, u64::MAX] {
+            let r = map.get_or_alloc(&io, &mut alloc, index, 0);
+            assert!(matches!(r, Err(Error::Posix(Posix::FileTooLarge))));
+            assert_eq!(map.get(&io, index).unwrap(), None);
+        }
+        assert!(alloc.used.is_empty());
+    }
+
+    fn small_map(io: &MemIo, alloc: &mut MemAlloc) -> (BlockMap, BTreeMap<u64, u64>) {
+        let mut map = BlockMap::default();
+        let mut model = BTreeMap::new();
+        for i in [0, 7, 700] {
+            model.insert(i, map.get_or_alloc(io, alloc, i, 0).unwrap().block);
+        }
+        (map, model)
+    }
+
+    #[test]
+    fn no_space_midway_leaves_map_unchanged() {
+        // Growth (height 2 → 4: two new roots, three path blocks, data), link into an
+        // existing indirect block, and an empty map.
+        for (index, total) in [(10_000_000_000u64, 6u64), (300, 1), (600_000, 4)] {
+            for k in 0..=total {
+                let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+                let (mut map, mut model) = small_map(&io, &mut alloc);
+                let (before, used) = (map, alloc.used.clone());
+                alloc.fail_after = Some(k);
+                let r = map.get_or_alloc(&io, &mut alloc, index, 0);
+                if k < total {
+                    assert!(matches!(r, Err(Error::NoSpace)), "{index} {k}: {r:?}");
+                    assert_eq!(map, before);
+                    assert_eq!(alloc.used, used);
+                } else {
+                    let m = r.unwrap();
+                    assert_eq!(m.allocated, total);
+                    model.insert(index, m.block);
+                }
+                check(&map, &io, &alloc, &model);
+                alloc.fail_after = None;
+                map.punch(&io, &mut alloc, 0, u64::MAX).unwrap();
+                assert_eq!(map, BlockMap::default());
+                assert!(alloc.used.is_empty());
+            }
+        }
+        let (io, mut alloc) = (
+            MemIo::default(),
+            MemAlloc {
+                fail_after: Some(2),
+                ..Default::default()
+            },
+        );
+        let mut map = BlockMap::default();
+        assert!(matches!(
+            map.get_or_alloc(&io, &mut alloc, 1 << 20, 0),
+            Err(Error::NoSpace)
+        ));
+        assert_eq!(map, BlockMap::default());
+        assert!(alloc.used.is_empty());
+    }
+
+    #[test]
+    fn write_failure_never_dangles() {
+        // (index, new blocks written, blocks left allocated when the last write fails).
+        // Growth links the new root in memory: nothing is ever left allocated. A link into
+        // an existing indirect block is the last write: if it fails, the new blocks stay.
+        let cases = [
+            (10_000_000_000u64, 5u64, 0usize),
+            (600_000, 3, 0),
+            (300, 1, 1),
+            (2000, 2, 2),
+        ];
+        for (index, writes, link_leak) in cases {
+            for k in 0..writes {
+                let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+                let (mut map, model) = small_map(&io, &mut alloc);
+                let before = map;
+                *io.fail_write_after.lock().unwrap() = Some(k);
+                assert!(map.get_or_alloc(&io, &mut alloc, index, 0).is_err());
+                *io.fail_write_after.lock().unwrap() = None;
+                assert_eq!(map, before);
+                let reach = owned(&map, &io);
+                assert!(reach.is_subset(&alloc.used));
+                let leaked = alloc.used.len() - reach.len();
+                let want = if k + 1 == writes { link_leak } else { 0 };
+                assert_eq!(leaked, want, "index {index}, failed write {k}");
+                let mut seen = BTreeMap::new();
+                map.for_each(&io, &mut |i, b| {
+                    seen.insert(i, b);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(seen, model);
+                map.punch(&io, &mut alloc, 0, u64::MAX).unwrap();
+                assert_eq!(alloc.used.len(), leaked);
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_punch_touches_few_blocks() {
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        let mut blocks = Vec::new();
+        for i in [0u64, 1_000_000, 100_000_000_000] {
+            blocks.push(map.get_or_alloc(&io, &mut alloc, i, 0).unwrap().block);
+        }
+        assert_eq!(map.height, 5);
+        let mut indirect = 0u64;
+        map.for_each_block(&io, &mut |_, ind| {
+            indirect += u64::from(ind);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(indirect, 11); // 1 root + 4 + 2 + 4 on the three paths
+
+        // Keep index 0: walks only the paths, then shrinks back to height 0.
+        let mut partial = map;
+        io.reads.store(0, Ordering::Relaxed);
+        let freed = partial.punch(&io, &mut alloc, 1, u64::MAX).unwrap();
+        let reads = io.reads.load(Ordering::Relaxed);
+        // Each indirect block once to punch or free, plus the kept path again to shrink.
+        assert!(reads <= indirect + 5, "{reads} reads");
+        assert_eq!(freed, alloc.hints.len() as u64 - 1);
+        assert_eq!(
+            partial,
+            BlockMap {
+                height: 0,
+                root: blocks[0]
+            }
+        );
+        assert_eq!(alloc.used, HashSet::from([blocks[0]]));
+        partial.punch(&io, &mut alloc, 0, u64::MAX).unwrap();
+        assert!(alloc.used.is_empty());
+
+        // The whole range reads each indirect block once.
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        for i in [0u64, 1_000_000, 100_000_000_000] {
+            map.get_or_alloc(&io, &mut alloc, i, 0).unwrap();
+        }
+        io.reads.store(0, Ordering::Relaxed);
+        let freed = map.punch(&io, &mut alloc, 0, u64::MAX).unwrap();
+        assert_eq!(io.reads.load(Ordering::Relaxed), indirect);
+        assert_eq!(freed, indirect + 3);
+        assert_eq!(map, BlockMap::default());
+        assert!(alloc.used.is_empty());
+    }
+
+    #[test]
+    fn encoding() {
+        let map = BlockMap {
+            height: 5,
+            root: 0x0102_0304_0506_0708,
+        };
+        assert_eq!(BlockMap::from_bytes(&map.to_bytes()).unwrap(), map);
+        let mut bad = map.to_bytes();
+        bad[0] = 6;
+        assert!(matches!(
+            BlockMap::from_bytes(&bad),
+            Err(Error::CorruptFilesystem(_))
+        ));
+        let bad = BlockMap {
+            height: 200,
+            root: 1,
+        };
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        assert!(matches!(bad.get(&io, 0), Err(Error::CorruptFilesystem(_))));
+        assert!(bad.clone().punch(&io, &mut alloc, 0, 1).is_err());
+    }
+
+    #[test]
+    fn corrupt_entries_do_not_panic() {
+        // A loop: an indirect block pointing at itself.
+        let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+        let mut map = BlockMap::default();
+        map.get_or_alloc(&io, &mut alloc, 1000, 0).unwrap();
+        let mut node = Node::read(&io, map.root).unwrap();
+        node.set(3, map.root);
+        io.write_block(map.root, &node.0).unwrap();
+        let is_corrupt = |r: Result<()>| matches!(r, Err(Error::CorruptFilesystem(_)));
+        assert!(matches!(
+            map.get(&io, 3 * 512),
+            Err(Error::CorruptFilesystem(_))
+        ));
+        assert!(is_corrupt(map.for_each(&io, &mut |_, _| Ok(()))));
+        assert!(is_corrupt(map.for_each_block(&io, &mut |_, _| Ok(()))));
+        assert!(map.clone().punch(&io, &mut alloc, 1024, 2048).is_err());
+        assert!(map.clone().punch(&io, &mut alloc, 0, u64::MAX).is_err());
+
+        // Garbage roots: any result, no panic.
+        let mut rng = StdRng::seed_from_u64(99);
+        for _ in 0..50 {
+            let (io, mut alloc) = (
+                MemIo::default(),
+                MemAlloc {
+                    next: 1000,
+                    ..Default::default()
+                },
+            );
+            let mut block = [0u8; BLOCK_SIZE];
+            rng.fill(&mut block[..]);
+            io.write_block(1, &block).unwrap();
+            let mut map = BlockMap {
+                height: rng.random_range(1..=MAX_HEIGHT),
+                root: 1,
+            };
+            let _ = map.get(&io, rng.random());
+            let _ = map.for_each(&io, &mut |_, _| Ok(()));
+            let _ = map.for_each_block(&io, &mut |_, _| Ok(()));
+            let _ = map.get_or_alloc(&io, &mut alloc, rng.random_range(0..MAX_FILE_BLOCKS), 0);
+            let _ = map.punch(&io, &mut alloc, rng.random(), u64::MAX);
+        }
+    }
+}

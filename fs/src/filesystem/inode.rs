@@ -182,7 +182,9 @@ impl Inode {
             .iter()
             .any(|t| t.nanos >= 1_000_000_000)
         {
-            return Err(Error::CorruptFilesystem("inode timestamp out of range".into()));
+            return Err(Error::CorruptFilesystem(
+                "inode timestamp out of range".into(),
+            ));
         }
         Ok(inode)
     }
@@ -219,12 +221,18 @@ mod tests {
             size: 123_456_789,
             blocks: 77,
             atime: Timestamp { secs: -5, nanos: 7 },
-            mtime: Timestamp { secs: 1_700_000_000, nanos: 999_999_999 },
+            mtime: Timestamp {
+                secs: 1_700_000_000,
+                nanos: 999_999_999,
+            },
             ctime: Timestamp::now(),
             crtime: Timestamp::default(),
             rdev: 0x0801,
             generation: 9,
-            map: BlockMap { height: 2, root: 4242 },
+            map: BlockMap {
+                height: 2,
+                root: 4242,
+            },
             xattr_block: 17,
             parent: 0,
         };

@@ -15,6 +15,7 @@
 pub mod alloc;
 pub mod bmap;
 pub mod dir;
+pub mod fsck;
 pub mod inode;
 pub mod meta;
 mod ops_data;

@@ -5,9 +5,9 @@ use super::bmap::MAX_FILE_BLOCKS;
 use super::inode::{Inode, S_IFMT, Timestamp};
 use super::state::State;
 use super::{BlockIo, Entry, Filesystem};
+use crate::Result;
 use crate::error::Posix;
 use crate::types::BLOCK_SIZE;
-use crate::Result;
 
 const BS: u64 = BLOCK_SIZE as u64;
 /// The largest file size (and truncate target) a file may have.
@@ -159,7 +159,10 @@ impl Filesystem {
                 let mut hint = inode.map.root;
                 let zeros = Box::new([0u8; BLOCK_SIZE]);
                 for index in offset / BS..end.div_ceil(BS) {
-                    let mut alloc = AllocIo { alloc: &mut st.alloc, io };
+                    let mut alloc = AllocIo {
+                        alloc: &mut st.alloc,
+                        io,
+                    };
                     let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
                     inode.blocks += mapped.allocated;
                     if mapped.fresh {
@@ -207,7 +210,10 @@ pub(crate) fn write_blocks(
         let index = pos / BS;
         let within = (pos % BS) as usize;
         let take = ((BS - pos % BS).min(end - pos)) as usize;
-        let mut alloc = AllocIo { alloc: &mut st.alloc, io };
+        let mut alloc = AllocIo {
+            alloc: &mut st.alloc,
+            io,
+        };
         let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
         inode.blocks += mapped.allocated;
         if take < BLOCK_SIZE {
@@ -251,12 +257,18 @@ fn zero_range(
     }
     let first_whole = start.div_ceil(BS);
     let last_whole = if to_eof { u64::MAX } else { end / BS };
-    if start % BS != 0 {
+    if !start.is_multiple_of(BS) {
         let index = start / BS;
         let block_end = (index + 1) * BS;
-        zero_in_block(io, inode, index, start % BS, end.min(block_end) - index * BS)?;
+        zero_in_block(
+            io,
+            inode,
+            index,
+            start % BS,
+            end.min(block_end) - index * BS,
+        )?;
     }
-    if !to_eof && end % BS != 0 && end / BS >= first_whole {
+    if !to_eof && !end.is_multiple_of(BS) && end / BS >= first_whole {
         zero_in_block(io, inode, end / BS, 0, end % BS)?;
     }
     if first_whole < last_whole {

@@ -2,9 +2,7 @@
 //! keeps unlinked-but-open files alive until their last reference goes.
 
 use super::dir::{DirEntry, FileKind};
-use super::inode::{
-    Inode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, Timestamp, kind_of,
-};
+use super::inode::{Inode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, Timestamp, kind_of};
 use super::state::{State, free_blocks};
 use super::{BlockIo, Caller, Entry, Filesystem};
 use crate::error::Posix;
@@ -26,7 +24,8 @@ fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > 255 {
         return Err(Posix::NameTooLong.into());
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(Posix::Invalid.into());
     }
     Ok(())
@@ -112,9 +111,11 @@ impl Filesystem {
                 Ok(inode) if inode.nlink == 0 => {
                     free_inode(st, io, ino, inode)?;
                     let name = ino.to_string();
-                    st.with_orphans(io, |dir, storage| match dir.remove(storage, name.as_bytes()) {
-                        Ok(_) | Err(Error::Posix(Posix::NotFound)) => Ok(()),
-                        Err(e) => Err(e),
+                    st.with_orphans(io, |dir, storage| {
+                        match dir.remove(storage, name.as_bytes()) {
+                            Ok(_) | Err(Error::Posix(Posix::NotFound)) => Ok(()),
+                            Err(e) => Err(e),
+                        }
                     })
                 }
                 _ => Ok(()),
@@ -126,7 +127,14 @@ impl Filesystem {
     }
 
     /// Creates a regular file, FIFO, socket or device node (the kind is in `mode`).
-    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, rdev: u64, caller: Caller) -> Result<Entry> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Entry> {
         let kind = kind_of(mode).map_err(|_| Posix::Invalid)?;
         if kind == FileKind::Directory || kind == FileKind::Symlink {
             return Err(Posix::Invalid.into());
@@ -138,7 +146,13 @@ impl Filesystem {
         self.create_node(parent, name, S_IFDIR | (mode & !S_IFMT), 0, caller, None)
     }
 
-    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Entry> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Entry> {
         if target.is_empty() {
             return Err(Posix::NotFound.into());
         }
@@ -167,7 +181,10 @@ impl Filesystem {
             if dir_inode.nlink == 0 {
                 return Err(Posix::NotFound.into());
             }
-            if st.with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?.is_some() {
+            if st
+                .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
+                .is_some()
+            {
                 return Err(Posix::Exists.into());
             }
             if kind == FileKind::Directory && dir_inode.nlink >= MAX_LINKS {
@@ -184,7 +201,11 @@ impl Filesystem {
             let mut inode = Inode {
                 mode,
                 uid: caller.uid,
-                gid: if setgid_dir { dir_inode.gid } else { caller.gid },
+                gid: if setgid_dir {
+                    dir_inode.gid
+                } else {
+                    caller.gid
+                },
                 nlink: if kind == FileKind::Directory { 2 } else { 1 },
                 atime: now,
                 mtime: now,
@@ -192,7 +213,11 @@ impl Filesystem {
                 crtime: now,
                 rdev,
                 generation: 1,
-                parent: if kind == FileKind::Directory { parent } else { 0 },
+                parent: if kind == FileKind::Directory {
+                    parent
+                } else {
+                    0
+                },
                 ..Inode::default()
             };
             if let Some(target) = target {
@@ -202,7 +227,9 @@ impl Filesystem {
                 inode.size = target.len() as u64;
             }
             st.put_inode(io, ino, &inode)?;
-            st.with_dir(io, parent, |dir, storage| dir.insert(storage, name, ino, kind))?;
+            st.with_dir(io, parent, |dir, storage| {
+                dir.insert(storage, name, ino, kind)
+            })?;
             let mut dir_inode = st.inode(io, parent)?;
             if kind == FileKind::Directory {
                 dir_inode.nlink += 1;
@@ -233,11 +260,16 @@ impl Filesystem {
             if inode.nlink >= MAX_LINKS {
                 return Err(Posix::TooManyLinks.into());
             }
-            if st.with_dir(io, new_parent, |dir, _| Ok(dir.lookup(new_name)))?.is_some() {
+            if st
+                .with_dir(io, new_parent, |dir, _| Ok(dir.lookup(new_name)))?
+                .is_some()
+            {
                 return Err(Posix::Exists.into());
             }
             let kind = inode.kind()?;
-            st.with_dir(io, new_parent, |dir, storage| dir.insert(storage, new_name, ino, kind))?;
+            st.with_dir(io, new_parent, |dir, storage| {
+                dir.insert(storage, new_name, ino, kind)
+            })?;
             let now = Timestamp::now();
             inode.nlink += 1;
             inode.ctime = now;
@@ -306,19 +338,26 @@ impl Filesystem {
                 .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
                 .ok_or(Posix::NotFound)?;
             let target = st.with_dir(io, new_parent, |dir, _| Ok(dir.lookup(new_name)))?;
-            if kind == FileKind::Directory && parent != new_parent && is_ancestor(st, io, ino, new_parent)? {
+            if kind == FileKind::Directory
+                && parent != new_parent
+                && is_ancestor(st, io, ino, new_parent)?
+            {
                 return Err(Posix::Invalid.into());
             }
             let now = Timestamp::now();
             if flags.exchange {
                 let (other, other_kind) = target.ok_or(Posix::NotFound)?;
-                if other_kind == FileKind::Directory && parent != new_parent && is_ancestor(st, io, other, parent)? {
+                if other_kind == FileKind::Directory
+                    && parent != new_parent
+                    && is_ancestor(st, io, other, parent)?
+                {
                     return Err(Posix::Invalid.into());
                 }
                 st.with_dir(io, parent, |dir, s| dir.replace(s, name, other, other_kind))?;
                 st.with_dir(io, new_parent, |dir, s| dir.replace(s, new_name, ino, kind))?;
                 if parent != new_parent {
-                    let delta = i32::from(kind == FileKind::Directory) - i32::from(other_kind == FileKind::Directory);
+                    let delta = i32::from(kind == FileKind::Directory)
+                        - i32::from(other_kind == FileKind::Directory);
                     reparent(st, io, ino, kind, new_parent, now)?;
                     reparent(st, io, other, other_kind, parent, now)?;
                     touch_dir(st, io, parent, now, -delta)?;
@@ -336,7 +375,10 @@ impl Filesystem {
                     // Two names of one file: POSIX says do nothing.
                     return Ok(());
                 }
-                match (kind == FileKind::Directory, other_kind == FileKind::Directory) {
+                match (
+                    kind == FileKind::Directory,
+                    other_kind == FileKind::Directory,
+                ) {
                     (true, false) => return Err(Posix::NotDirectory.into()),
                     (false, true) => return Err(Posix::IsDirectory.into()),
                     (true, true) if !st.with_dir(io, other, |dir, _| Ok(dir.is_empty()))? => {
@@ -347,8 +389,10 @@ impl Filesystem {
                 st.with_dir(io, new_parent, |dir, s| dir.replace(s, new_name, ino, kind))?;
                 st.with_dir(io, parent, |dir, s| dir.remove(s, name))?;
                 let dirs_moved = i32::from(kind == FileKind::Directory);
-                // A replaced directory leaves the new parent; the moved one arrives.
-                touch_dir(st, io, new_parent, now, if parent != new_parent { dirs_moved - dirs_moved } else { -dirs_moved })?;
+                // A replaced directory leaves the new parent; a moved one arrives from
+                // another parent (net zero) or was already counted there (net minus one).
+                let arriving = if parent != new_parent { dirs_moved } else { 0 };
+                touch_dir(st, io, new_parent, now, arriving - dirs_moved)?;
                 if parent != new_parent {
                     touch_dir(st, io, parent, now, -dirs_moved)?;
                 }
@@ -378,10 +422,24 @@ impl Filesystem {
             }
             let mut out = Vec::new();
             if offset == 0 {
-                out.push((1, DirEntry { name: b".".to_vec(), ino, kind: FileKind::Directory }));
+                out.push((
+                    1,
+                    DirEntry {
+                        name: b".".to_vec(),
+                        ino,
+                        kind: FileKind::Directory,
+                    },
+                ));
             }
             if offset <= 1 {
-                out.push((2, DirEntry { name: b"..".to_vec(), ino: inode.parent, kind: FileKind::Directory }));
+                out.push((
+                    2,
+                    DirEntry {
+                        name: b"..".to_vec(),
+                        ino: inode.parent,
+                        kind: FileKind::Directory,
+                    },
+                ));
             }
             let from = offset.saturating_sub(2);
             st.with_dir(io, ino, |dir, _| {
@@ -406,7 +464,14 @@ fn touch_dir(st: &mut State, io: &dyn BlockIo, ino: u64, now: Timestamp, links: 
     st.put_inode(io, ino, &dir)
 }
 
-fn reparent(st: &mut State, io: &dyn BlockIo, ino: u64, kind: FileKind, parent: u64, now: Timestamp) -> Result<()> {
+fn reparent(
+    st: &mut State,
+    io: &dyn BlockIo,
+    ino: u64,
+    kind: FileKind,
+    parent: u64,
+    now: Timestamp,
+) -> Result<()> {
     let mut inode = st.inode(io, ino)?;
     if kind == FileKind::Directory {
         inode.parent = parent;
@@ -426,13 +491,19 @@ fn is_ancestor(st: &mut State, io: &dyn BlockIo, ancestor: u64, mut ino: u64) ->
         }
         ino = st.inode(io, ino)?.parent;
     }
-    Err(Error::CorruptFilesystem("directory parents form a loop".into()))
+    Err(Error::CorruptFilesystem(
+        "directory parents form a loop".into(),
+    ))
 }
 
 /// One name of `ino` is gone: free it, or keep it as an orphan while it is referenced.
 fn drop_link(st: &mut State, io: &dyn BlockIo, ino: u64, now: Timestamp) -> Result<()> {
     let mut inode = st.inode(io, ino)?;
-    inode.nlink = if inode.is_dir() { 0 } else { inode.nlink.saturating_sub(1) };
+    inode.nlink = if inode.is_dir() {
+        0
+    } else {
+        inode.nlink.saturating_sub(1)
+    };
     inode.ctime = now;
     if inode.nlink > 0 {
         return st.put_inode(io, ino, &inode);
@@ -441,13 +512,20 @@ fn drop_link(st: &mut State, io: &dyn BlockIo, ino: u64, now: Timestamp) -> Resu
         st.put_inode(io, ino, &inode)?;
         let name = ino.to_string();
         let kind = inode.kind()?;
-        st.with_orphans(io, |dir, storage| dir.insert(storage, name.as_bytes(), ino, kind))
+        st.with_orphans(io, |dir, storage| {
+            dir.insert(storage, name.as_bytes(), ino, kind)
+        })
     } else {
         free_inode(st, io, ino, inode)
     }
 }
 
-pub(crate) fn free_inode(st: &mut State, io: &dyn BlockIo, ino: u64, mut inode: Inode) -> Result<()> {
+pub(crate) fn free_inode(
+    st: &mut State,
+    io: &dyn BlockIo,
+    ino: u64,
+    mut inode: Inode,
+) -> Result<()> {
     free_blocks(st, io, &mut inode)?;
     st.dirs.remove(&ino);
     st.put_inode(io, ino, &Inode::default())?;
@@ -458,7 +536,9 @@ pub(crate) fn free_inode(st: &mut State, io: &dyn BlockIo, ino: u64, mut inode: 
 
 /// At mount: whatever was unlinked while open when the volume last stopped is freed.
 pub(crate) fn free_orphans(st: &mut State, io: &dyn BlockIo) -> Result<()> {
-    let orphans: Vec<u64> = st.with_orphans(io, |dir, _| Ok(dir.entries_from(0).map(|(_, e)| e.ino).collect()))?;
+    let orphans: Vec<u64> = st.with_orphans(io, |dir, _| {
+        Ok(dir.entries_from(0).map(|(_, e)| e.ino).collect())
+    })?;
     for ino in orphans {
         if let Ok(inode) = st.inode(io, ino) {
             free_inode(st, io, ino, inode)?;

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
+use super::BlockIo;
 use super::alloc::{AllocIo, Allocator};
 use super::bmap::BlockMap;
 use super::dir::{DirStorage, Directory};
 use super::inode::{INODE_SIZE, INODES_PER_BLOCK, Inode};
 use super::meta::FsSuper;
-use super::BlockIo;
 use crate::error::Posix;
 use crate::types::{BLOCK_SIZE, Block};
 use crate::{Error, Result};
@@ -204,7 +204,9 @@ impl DirStorage for FileBlocks<'_> {
     fn write(&mut self, index: u64, data: &Block) -> Result<()> {
         let count = self.block_count();
         if index > count {
-            return Err(Error::CorruptFilesystem("directory write past its end".into()));
+            return Err(Error::CorruptFilesystem(
+                "directory write past its end".into(),
+            ));
         }
         let hint = self.inode.map.root;
         let mapped = self.inode.map.get_or_alloc(

@@ -133,7 +133,11 @@ impl Filesystem {
             let mut inode = st.inode(io, ino)?;
             if attrs.is_empty() {
                 if inode.xattr_block != 0 {
-                    AllocIo { alloc: &mut st.alloc, io }.free(inode.xattr_block)?;
+                    AllocIo {
+                        alloc: &mut st.alloc,
+                        io,
+                    }
+                    .free(inode.xattr_block)?;
                     io.discard_block(inode.xattr_block)?;
                     inode.xattr_block = 0;
                     inode.blocks = inode.blocks.saturating_sub(1);

@@ -299,6 +299,15 @@ impl BlockStore {
         self.commit_locked(&mut inner)
     }
 
+    /// Where the last commit stored a logical block (`None`: never written, reads as
+    /// zeros). For diagnostics and tests.
+    pub fn locate(&self, block: LogicalBlock) -> Result<Option<PhysBlock>> {
+        self.check_range(block)?;
+        let mut inner = self.lock();
+        let ptr = self.pointer_of(&mut inner, NodeId::leaf(block.0))?;
+        Ok((!ptr.is_null()).then_some(ptr.phys))
+    }
+
     /// Whether dirty data has passed the limit (for callers that commit themselves).
     pub fn wants_commit(&self) -> bool {
         let inner = self.lock();
