@@ -173,3 +173,92 @@ fn wrong_key_is_told_apart() {
     .expect("must fail");
     assert!(matches!(err, Error::WrongKey), "{err}");
 }
+
+/// A device whose `sync` waits at a gate, standing in for a slow disk.
+struct GatedDevice {
+    inner: std::sync::Arc<dyn domfs::device::Device>,
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    syncing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl domfs::device::Device for GatedDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.syncing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let mut guard = open.lock().expect("gate");
+        while !*guard {
+            guard = cv.wait(guard).expect("gate");
+        }
+        self.inner.sync()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+#[test]
+fn reads_and_writes_go_on_while_a_commit_waits_for_the_disk() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    let vol = TestVolume::new(16 << 20);
+    {
+        let store = vol.open();
+        store.write(LogicalBlock(1), &pattern(1, 1)).expect("write");
+        store.close().expect("close");
+    }
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let syncing = Arc::new(AtomicBool::new(false));
+    let dev = Arc::new(GatedDevice {
+        inner: vol.device(Access::ReadWrite),
+        gate: gate.clone(),
+        syncing: syncing.clone(),
+    });
+    // Opening read-write syncs once (the generation jump): let that through.
+    *gate.0.lock().expect("gate") = true;
+    let store = Arc::new(
+        domfs::store::BlockStore::open(dev, &vol.key(), StoreOptions::default()).expect("open"),
+    );
+    *gate.0.lock().expect("gate") = false;
+    syncing.store(false, Ordering::SeqCst);
+    store.write(LogicalBlock(2), &pattern(2, 2)).expect("write");
+    let committer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.commit().expect("commit"))
+    };
+    while !syncing.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    // The commit is stuck in sync; everything else must still work.
+    assert_eq!(read(&store, 1), pattern(1, 1));
+    assert_eq!(read(&store, 2), pattern(2, 2), "the block being committed");
+    store
+        .write(LogicalBlock(3), &pattern(3, 3))
+        .expect("write during commit");
+    store
+        .write(LogicalBlock(2), &pattern(4, 2))
+        .expect("rewrite during commit");
+    assert_eq!(read(&store, 2), pattern(4, 2));
+    {
+        let (open, cv) = &*gate;
+        *open.lock().expect("gate") = true;
+        cv.notify_all();
+    }
+    committer.join().expect("commit thread");
+    store.commit().expect("second commit");
+    drop(store);
+    let store = vol.open();
+    assert_eq!(read(&store, 2), pattern(4, 2));
+    assert_eq!(read(&store, 3), pattern(3, 3));
+    drop(store);
+    assert!(vol.fsck().is_clean());
+}

@@ -138,6 +138,10 @@ impl DirStorage for ReadBlocks<'_> {
 pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
     let mut block = Box::new([0u8; BLOCK_SIZE]);
     io.read_block(0, &mut block)?;
+    if !FsSuper::has_magic(&block) {
+        // Never formatted, or used as a raw block store (tests, tools).
+        return Ok(None);
+    }
     let Some(sb) = FsSuper::decode(&block)? else {
         return Ok(None);
     };

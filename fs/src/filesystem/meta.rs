@@ -48,6 +48,10 @@ impl FsSuper {
         b
     }
 
+    pub fn has_magic(b: &Block) -> bool {
+        &b[0..8] == MAGIC
+    }
+
     /// `None` for a block of zeros: the filesystem was never formatted.
     pub fn decode(b: &Block) -> Result<Option<Self>> {
         if b.iter().all(|&x| x == 0) {

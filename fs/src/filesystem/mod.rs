@@ -115,7 +115,7 @@ impl Filesystem {
         };
         if !read_only {
             fs.mutate(0, |st, io| ops_ns::free_orphans(st, io))?;
-            fs.store.commit()?;
+            fs.sync()?;
         }
         Ok(fs)
     }
@@ -128,7 +128,9 @@ impl Filesystem {
         self.read_only
     }
 
-    /// Makes everything done so far durable.
+    /// Makes everything done so far durable. The snapshot is taken between operations;
+    /// the writing happens without the filesystem's lock, so other files stay readable
+    /// and writable while a sync waits for the disk.
     pub fn sync(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
@@ -136,8 +138,12 @@ impl Filesystem {
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::Failed);
         }
-        let _st = self.lock();
-        self.store.commit().map(|_| ())
+        let mut ticket = self.store.begin_commit()?;
+        {
+            let _between_operations = self.lock();
+            ticket.prepare()?;
+        }
+        ticket.complete().map(|_| ())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -163,19 +169,28 @@ impl Filesystem {
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::Failed);
         }
-        let mut st = self.lock();
-        self.store.ensure_available(blocks + OP_SLACK)?;
+        let mut committed = false;
+        let mut st = loop {
+            let st = self.lock();
+            if self.store.has_room_for(blocks + OP_SLACK) {
+                break st;
+            }
+            // A commit turns the last commit's garbage into free space; it must not run
+            // under our lock (lock order: commit, filesystem, store).
+            drop(st);
+            if committed {
+                return Err(Error::NoSpace);
+            }
+            self.sync()?;
+            committed = true;
+        };
         let io: &dyn BlockIo = &*self.store;
         let result = f(&mut st, io).and_then(|r| {
             finish(&mut st, io)?;
             Ok(r)
         });
         match &result {
-            Ok(_) => {
-                if self.store.wants_commit() {
-                    self.store.commit()?;
-                }
-            }
+            Ok(_) => {}
             // Refusals are decided before anything changes.
             Err(Error::Posix(_)) => finish(&mut st, io)?,
             Err(e) => {
@@ -184,6 +199,10 @@ impl Filesystem {
                 self.failed.store(true, Ordering::SeqCst);
                 st.alloc.forget();
             }
+        }
+        drop(st);
+        if result.is_ok() && self.store.wants_commit() {
+            self.sync()?;
         }
         result
     }

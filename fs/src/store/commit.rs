@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::slots::{GENERATION_STEP, now};
 use super::{BlockStore, CommitInfo, Inner, Pending};
+use crate::format::superblock::Superblock;
 use crate::format::{FIRST_PHYS_BLOCK, SUPERBLOCK_OFFSETS};
 use crate::store::geometry::{BITS_PER_MAP_BLOCK, NodeId};
 use crate::store::pointer::Pointer;
@@ -37,16 +38,43 @@ struct Txn {
     cursor: u64,
 }
 
+/// A commit planned and sealed, not yet written: what `prepare` hands to `write`.
+pub(super) struct Prepared {
+    writes: Vec<(u64, Box<Block>)>,
+    superblock: Superblock,
+    work: HashMap<NodeId, Box<Block>>,
+}
+
 impl BlockStore {
+    /// A whole commit while holding the state lock (stores that commit by themselves).
+    /// Skipped when another commit is in flight.
     pub(super) fn commit_locked(&self, inner: &mut Inner) -> Result<CommitInfo> {
-        if inner.failed {
-            return Err(Error::Failed);
-        }
-        if inner.dirty.is_empty() {
+        let Ok(_serial) = self.serial.try_lock() else {
             return Ok(CommitInfo {
                 sequence: inner.sb.sequence,
                 blocks_written: 0,
             });
+        };
+        match self.prepare(inner)? {
+            None => Ok(CommitInfo {
+                sequence: inner.sb.sequence,
+                blocks_written: 0,
+            }),
+            Some(prepared) => {
+                let written = self.write_prepared(&prepared);
+                self.finish(inner, prepared, written)
+            }
+        }
+    }
+
+    /// Plans and seals everything dirty, and moves it aside: from here on, new writes go
+    /// to a fresh transaction while this one is written. `None` when nothing is dirty.
+    pub(super) fn prepare(&self, inner: &mut Inner) -> Result<Option<Prepared>> {
+        if inner.failed {
+            return Err(Error::Failed);
+        }
+        if inner.dirty.is_empty() {
+            return Ok(None);
         }
         let mut txn = Txn {
             cursor: inner.sb.alloc_cursor,
@@ -58,23 +86,63 @@ impl BlockStore {
             self.write_superblock(inner, None, count)?;
         }
         let (root, writes) = self.seal_all(inner, &mut txn);
-        self.write_blocks(inner, &writes)?;
-        let allocated = inner.sb.allocated + txn.allocated - txn.freed;
-        self.write_superblock(inner, Some((root, allocated, txn.cursor)), 0)?;
+        let mut superblock = inner.sb.clone();
+        superblock.sequence += 1;
+        superblock.root = root;
+        superblock.allocated = inner.sb.allocated + txn.allocated - txn.freed;
+        superblock.alloc_cursor = txn.cursor;
+        superblock.generation_hwm = Generation(inner.next_generation + GENERATION_STEP);
+        superblock.commit_time = now();
+        inner.committing = std::mem::take(&mut inner.dirty);
+        inner.pending_nodes.clear();
+        inner.in_flight = inner.reserved;
+        inner.reserved = 0;
+        Ok(Some(Prepared {
+            writes,
+            superblock,
+            work: txn.work,
+        }))
+    }
 
-        for (leaf, pending) in inner.dirty.drain() {
+    /// Writes a prepared commit: its blocks, a sync, the superblock, a sync. Needs no
+    /// state lock, so reads and new writes go on meanwhile.
+    pub(super) fn write_prepared(&self, prepared: &Prepared) -> Result<()> {
+        self.write_blocks(&prepared.writes)?;
+        let bytes = prepared.superblock.encode(self.codec.keys());
+        self.dev
+            .write_at(&bytes, SUPERBLOCK_OFFSETS[prepared.superblock.slot()])
+            .and_then(|()| self.dev.sync())
+            .map_err(|e| Error::io(format!("writing the superblock of {}", self.dev.name()), e))
+    }
+
+    /// Makes a written commit the current state (or, if writing failed, stops the store).
+    pub(super) fn finish(
+        &self,
+        inner: &mut Inner,
+        prepared: Prepared,
+        written: Result<()>,
+    ) -> Result<CommitInfo> {
+        inner.in_flight = 0;
+        if let Err(e) = written {
+            // After a failed write or sync the kernel may have dropped dirty pages: what
+            // is on disk is unknown, so nothing more is committed on top of it. What was
+            // accepted stays readable from memory.
+            inner.failed = true;
+            return Err(e);
+        }
+        let blocks_written = prepared.writes.len() as u64;
+        inner.sb = prepared.superblock;
+        for (leaf, pending) in std::mem::take(&mut inner.committing) {
             if let Pending::Data(block) = pending {
                 inner.cache.insert(NodeId::leaf(leaf), block);
             }
         }
-        for (id, block) in txn.work {
+        for (id, block) in prepared.work {
             inner.cache.insert(id, block);
         }
-        inner.pending_nodes.clear();
-        inner.reserved = 0;
         Ok(CommitInfo {
             sequence: inner.sb.sequence,
-            blocks_written: count,
+            blocks_written,
         })
     }
 
@@ -213,7 +281,7 @@ impl BlockStore {
         (root, writes)
     }
 
-    fn write_blocks(&self, inner: &mut Inner, writes: &[(u64, Box<Block>)]) -> Result<()> {
+    fn write_blocks(&self, writes: &[(u64, Box<Block>)]) -> Result<()> {
         let mut run: Vec<u8> = Vec::with_capacity(MAX_WRITE_BLOCKS * BLOCK_SIZE);
         let mut run_start = 0u64;
         let flush = |run: &mut Vec<u8>, start: u64| -> Result<()> {
@@ -226,26 +294,18 @@ impl BlockStore {
             }
             Ok(())
         };
-        let result = (|| {
-            for (phys, block) in writes {
-                let contiguous = run_start + (run.len() / BLOCK_SIZE) as u64 == *phys;
-                if !contiguous || run.len() >= MAX_WRITE_BLOCKS * BLOCK_SIZE {
-                    flush(&mut run, run_start)?;
-                    run_start = *phys;
-                }
-                run.extend_from_slice(&block[..]);
+        for (phys, block) in writes {
+            let contiguous = run_start + (run.len() / BLOCK_SIZE) as u64 == *phys;
+            if !contiguous || run.len() >= MAX_WRITE_BLOCKS * BLOCK_SIZE {
+                flush(&mut run, run_start)?;
+                run_start = *phys;
             }
-            flush(&mut run, run_start)?;
-            self.dev
-                .sync()
-                .map_err(|e| Error::io(format!("syncing {}", self.dev.name()), e))
-        })();
-        if result.is_err() {
-            // After a failed write or sync the kernel may have dropped dirty pages: what is
-            // on disk is unknown, so nothing more is committed on top of it.
-            inner.failed = true;
+            run.extend_from_slice(&block[..]);
         }
-        result
+        flush(&mut run, run_start)?;
+        self.dev
+            .sync()
+            .map_err(|e| Error::io(format!("syncing {}", self.dev.name()), e))
     }
 
     /// Writes the next superblock: a new tree (`update`) or, with `None`, only a higher

@@ -101,6 +101,35 @@ pub struct CommitInfo {
     pub blocks_written: u64,
 }
 
+/// A commit between [`BlockStore::begin_commit`] and its completion.
+pub struct CommitTicket<'a> {
+    store: &'a BlockStore,
+    _serial: MutexGuard<'a, ()>,
+    prepared: Option<commit::Prepared>,
+}
+
+impl CommitTicket<'_> {
+    /// Takes the snapshot: everything written so far belongs to this commit.
+    pub fn prepare(&mut self) -> Result<()> {
+        let mut inner = self.store.lock();
+        self.prepared = self.store.prepare(&mut inner)?;
+        Ok(())
+    }
+
+    /// Writes the snapshot and makes it current; durable when this returns.
+    pub fn complete(self) -> Result<CommitInfo> {
+        let Some(prepared) = self.prepared else {
+            return Ok(CommitInfo {
+                sequence: self.store.lock().sb.sequence,
+                blocks_written: 0,
+            });
+        };
+        let written = self.store.write_prepared(&prepared);
+        let mut inner = self.store.lock();
+        self.store.finish(&mut inner, prepared, written)
+    }
+}
+
 /// What a block becoming dirty asks of the free space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Claim {
@@ -120,6 +149,10 @@ struct Inner {
     cache: BlockCache,
     /// Data leaves changed since the last commit.
     dirty: HashMap<u64, Pending>,
+    /// Data leaves of the commit being written (readable until it is done).
+    committing: HashMap<u64, Pending>,
+    /// Blocks the commit being written allocates (not in `sb.allocated` yet).
+    in_flight: u64,
     /// Tree nodes the next commit rewrites (the ancestors of `dirty`).
     pending_nodes: HashSet<NodeId>,
     /// Physical blocks promised to the next commit.
@@ -138,6 +171,9 @@ pub struct BlockStore {
     access: Access,
     /// Blocks only rewrites may take (see [`BlockStore::available`]).
     rewrite_reserve: u64,
+    /// Held for a whole commit, so commits happen one at a time. Lock order: `serial`,
+    /// then `inner` (never wait for `serial` while holding `inner`).
+    serial: Mutex<()>,
     inner: Mutex<Inner>,
 }
 
@@ -173,6 +209,7 @@ impl BlockStore {
         let store = Self {
             dev,
             rewrite_reserve,
+            serial: Mutex::new(()),
             codec,
             header,
             geometry,
@@ -182,6 +219,8 @@ impl BlockStore {
                 sb,
                 cache: BlockCache::new(options.cache_bytes),
                 dirty: HashMap::new(),
+                committing: HashMap::new(),
+                in_flight: 0,
                 pending_nodes: HashSet::new(),
                 reserved: 0,
                 dirty_limit,
@@ -220,7 +259,11 @@ impl BlockStore {
     pub fn read(&self, block: LogicalBlock, out: &mut Block) -> Result<()> {
         self.check_range(block)?;
         let mut inner = self.lock();
-        match inner.dirty.get(&block.0) {
+        let pending = inner
+            .dirty
+            .get(&block.0)
+            .or_else(|| inner.committing.get(&block.0));
+        match pending {
             Some(Pending::Data(data)) => {
                 out.copy_from_slice(&data[..]);
                 return Ok(());
@@ -294,9 +337,23 @@ impl BlockStore {
 
     /// Makes every write so far durable. Returns once the new superblock is on disk.
     pub fn commit(&self) -> Result<CommitInfo> {
+        let mut ticket = self.begin_commit()?;
+        ticket.prepare()?;
+        ticket.complete()
+    }
+
+    /// A commit in two steps, for callers that must take the snapshot at a moment of
+    /// their choosing (between their own operations, under their own lock) but write it
+    /// without holding anything: `prepare`, release your lock, `complete`. Waits for a
+    /// commit in flight first.
+    pub fn begin_commit(&self) -> Result<CommitTicket<'_>> {
         self.check_writable()?;
-        let mut inner = self.lock();
-        self.commit_locked(&mut inner)
+        let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(CommitTicket {
+            store: self,
+            _serial: serial,
+            prepared: None,
+        })
     }
 
     /// Where the last commit stored a logical block (`None`: never written, reads as
@@ -319,19 +376,24 @@ impl BlockStore {
     /// commit themselves call this between operations, so that an operation never runs
     /// out of space half-way.
     pub fn ensure_available(&self, blocks: u64) -> Result<()> {
-        let need = blocks.saturating_mul(1 + u64::from(self.geometry.height));
-        let mut inner = self.lock();
-        if self.available(&inner, Claim::NewBlock) >= need {
+        if self.has_room_for(blocks) {
             return Ok(());
         }
-        if self.access == Access::ReadWrite && !inner.dirty.is_empty() {
-            self.commit_locked(&mut inner)?;
+        if self.access == Access::ReadWrite {
+            self.commit()?;
         }
-        if self.available(&inner, Claim::NewBlock) >= need {
+        if self.has_room_for(blocks) {
             Ok(())
         } else {
             Err(Error::NoSpace)
         }
+    }
+
+    /// Whether `blocks` new blocks (each with its path of tree nodes) fit now.
+    pub fn has_room_for(&self, blocks: u64) -> bool {
+        let need = blocks.saturating_mul(1 + u64::from(self.geometry.height));
+        let inner = self.lock();
+        self.available(&inner, Claim::NewBlock) >= need
     }
 
     pub fn space(&self) -> SpaceStats {
@@ -386,6 +448,7 @@ impl BlockStore {
             .usable_blocks()
             .saturating_sub(inner.sb.allocated)
             .saturating_sub(inner.reserved)
+            .saturating_sub(inner.in_flight)
             .saturating_sub(self.geometry.map_reserve());
         match claim {
             Claim::NewBlock => free.saturating_sub(self.rewrite_reserve),
