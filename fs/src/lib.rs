@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+pub mod fuse;
 pub mod store;
 pub mod types;
 pub mod volume;

@@ -8,6 +8,7 @@ pub mod exit;
 mod fsck;
 mod header;
 mod key;
+mod mount;
 mod output;
 pub mod size;
 
@@ -45,6 +46,10 @@ enum Command {
     /// Manage key files.
     #[command(subcommand)]
     Key(key::Command),
+    /// Mount a volume on a directory (returns once the mount is ready, unless -f).
+    Mount(mount::Args),
+    /// Unmount a volume; returns after the final commit and the release of the volume.
+    Unmount(mount::UnmountArgs),
     /// Developer tools for tests (not a stable interface).
     #[command(subcommand, hide = true)]
     Debug(debug::Command),
@@ -80,6 +85,8 @@ pub fn main() -> ExitCode {
         Command::Fsck(args) => fsck::run(args, global),
         Command::Header(cmd) => header::run(cmd, global),
         Command::Key(cmd) => key::run(cmd, global),
+        Command::Mount(args) => mount::run(args, global),
+        Command::Unmount(args) => mount::run_unmount(args, global),
         Command::Debug(cmd) => debug::run(cmd, global),
     };
     match result {

@@ -1,0 +1,613 @@
+//! `domfs mount` and `domfs unmount`: serve a volume through FUSE, and end that cleanly.
+//!
+//! `mount` runs the daemon. Without `-f` it forks *before any thread exists* (arguments
+//! parsed, key file read, paths checked — then fork); the child starts a new session,
+//! locks the container, opens the store and the filesystem, mounts, and tells the waiting
+//! parent "ready" (or the error) through a pipe, so the command returns once the mount can
+//! be used, or fails with the daemon's own message.
+//!
+//! Locks: the container is flock'ed (read-write mounts exclusively, read-only mounts
+//! shared), so one read-write daemon at a time serves a volume. The daemon also holds a
+//! shared lock on the mount-point directory underneath the mount; `domfs unmount` waits for
+//! both to be released, which happens only when the daemon exits after its final commit.
+//!
+//! Shutdown: SIGTERM, SIGINT and SIGHUP make the daemon unmount itself (detaching a busy
+//! mount; the session then ends when its last user leaves); an outside unmount
+//! (`domfs unmount`, `fusermount3 -u`, `umount`) ends the session directly. Either way the
+//! kernel writes back its dirty pages first, then the session's `destroy` commits, and the
+//! daemon exits 0 (1 if that final commit failed).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::Global;
+use super::exit::{FAILURE, OK};
+use super::key::read_key_file;
+use super::output::error_chain;
+use super::size::parse_size;
+use crate::crypto::DomainKey;
+use crate::device::{Access, FileDevice};
+use crate::filesystem::Filesystem;
+use crate::fuse::mountinfo::{self, FSTYPE, UnmountError};
+use crate::fuse::{DomFuse, MountSettings};
+use crate::store::{BlockStore, StoreOptions};
+
+const AGENT_MODE: &str = "no --key-file given: getting the domain key from the local domfs-agent \
+     (agent mode) comes with the key-release issue and is not available yet; \
+     use --key-file KEY for now";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Key file of the volume (key-file mode). Without it the key would come from the
+    /// local domfs-agent, which is not available yet.
+    #[arg(long, value_name = "KEY")]
+    key_file: Option<PathBuf>,
+    /// Mount read-only (any number of read-only mounts may share a volume).
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users use the mount (e.g. a database server running as `postgres`).
+    #[arg(long)]
+    allow_other: bool,
+    /// Stay in the foreground until unmounted, logging to stderr (or to --log once
+    /// mounted).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Memory for decrypted, verified blocks (e.g. 64M, 1G); half of it may hold data
+    /// written since the last commit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    cache_size: u64,
+    /// Let the kernel cache writes (faster small writes). The price: on a full volume
+    /// write() still succeeds and the ENOSPC comes later, from fsync or close — which a
+    /// database treats as fatal. Use it only on volumes that never run full.
+    #[arg(long)]
+    writeback_cache: bool,
+    /// Where the daemon appends its log once the mount is ready (default: nowhere).
+    /// domfs logs inode numbers and block numbers, never file names, contents or keys.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// The volume (file or block device).
+    volume: PathBuf,
+    /// An existing directory to mount the volume on.
+    mountpoint: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UnmountArgs {
+    /// Seconds to wait for the daemon's final commit after the unmount.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Where a volume is mounted.
+    mountpoint: PathBuf,
+}
+
+/// Everything checked before the fork.
+struct Prepared {
+    volume: PathBuf,
+    mountpoint: PathBuf,
+    read_only: bool,
+    allow_other: bool,
+    writeback_cache: bool,
+    cache_bytes: usize,
+    log: Option<File>,
+    quiet: bool,
+}
+
+pub fn run(args: Args, global: Global) -> Result<u8> {
+    let Some(key_file) = args.key_file.as_deref() else {
+        bail!(AGENT_MODE);
+    };
+    let prepared = prepare(&args, global)?;
+    let key = read_key_file(key_file)?;
+    if args.foreground {
+        let mounted = start(&prepared, key)?;
+        lifecycle(&prepared, &mounted_message(&prepared));
+        if prepared.log.is_some() {
+            redirect_stderr(&prepared)?;
+        }
+        return serve(mounted, &prepared);
+    }
+    daemonize(prepared, key)
+}
+
+fn prepare(args: &Args, global: Global) -> Result<Prepared> {
+    let volume = args
+        .volume
+        .canonicalize()
+        .with_context(|| format!("cannot open volume {}", args.volume.display()))?;
+    let meta = std::fs::metadata(&volume)
+        .with_context(|| format!("cannot open volume {}", volume.display()))?;
+    if !meta.is_file() && !meta.file_type().is_block_device() {
+        bail!(
+            "{} is neither a regular file nor a block device",
+            volume.display()
+        );
+    }
+    if volume.to_string_lossy().contains(',') {
+        bail!(
+            "{}: a volume path with a comma cannot be a mount's source (rename or link it)",
+            volume.display()
+        );
+    }
+    let mountpoint = mountinfo::resolve(&args.mountpoint)
+        .with_context(|| format!("cannot use mount point {}", args.mountpoint.display()))?;
+    if let Some(entry) = mountinfo::find(&mountpoint)?
+        && entry.fstype == FSTYPE
+    {
+        bail!(
+            "{} is already a domfs mount (of {}); `domfs unmount {}` first",
+            mountpoint.display(),
+            entry.source,
+            mountpoint.display()
+        );
+    }
+    let dir = std::fs::metadata(&mountpoint)
+        .with_context(|| format!("cannot use mount point {}", mountpoint.display()))?;
+    if !dir.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    if args.cache_size < 1 << 20 {
+        bail!("--cache-size must be at least 1M");
+    }
+    let cache_bytes =
+        usize::try_from(args.cache_size).map_err(|_| anyhow!("--cache-size is too large"))?;
+    let log = match &args.log {
+        Some(path) => Some(
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        volume,
+        mountpoint,
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        writeback_cache: args.writeback_cache,
+        cache_bytes,
+        log,
+        quiet: global.quiet,
+    })
+}
+
+/// A live mount and what it holds.
+struct Mounted {
+    session: fuser::Session<DomFuse>,
+    fs: Arc<Filesystem>,
+    /// Released when the process exits, after the final commit.
+    _volume_lock: File,
+    _mountpoint_lock: File,
+}
+
+/// The signals that unmount (blocked in every thread; one thread waits for them).
+fn shutdown_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Locks, opens and mounts. The key is dropped (zeroized) once the store has its subkeys.
+fn start(p: &Prepared, key: DomainKey) -> Result<Mounted> {
+    // Blocked before any thread exists, so every thread inherits the mask and only the
+    // signal thread below ever takes these signals (a signal during start-up waits).
+    let signals = shutdown_signals();
+    signals
+        .thread_block()
+        .context("cannot block shutdown signals")?;
+
+    // The daemon holds the volume's subkeys for as long as it runs: no core dumps of
+    // it, and no ptrace by other processes of the same user.
+    nix::sys::prctl::set_dumpable(false).context("cannot make the daemon non-dumpable")?;
+    let volume_lock = lock_volume(&p.volume, p.read_only)?;
+    let mountpoint_lock = lock_mountpoint(&p.mountpoint)?;
+    let access = if p.read_only {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    let dev = FileDevice::open(&p.volume, access)
+        .with_context(|| format!("cannot open {}", p.volume.display()))?;
+    let store = BlockStore::open(
+        Arc::new(dev),
+        &key,
+        StoreOptions {
+            access,
+            cache_bytes: p.cache_bytes,
+            // The filesystem commits between its operations, never the store by itself.
+            auto_commit: false,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open {}", p.volume.display()))?;
+    drop(key);
+    let fs = Arc::new(
+        Filesystem::open(Arc::new(store), p.read_only)
+            .with_context(|| format!("cannot open the filesystem of {}", p.volume.display()))?,
+    );
+    let settings = MountSettings {
+        fsname: p.volume.to_string_lossy().into_owned(),
+        read_only: p.read_only,
+        allow_other: p.allow_other,
+    };
+    let adapter = DomFuse::new(fs.clone()).with_writeback_cache(p.writeback_cache);
+    let session = crate::fuse::mount(adapter, &p.mountpoint, &settings)
+        .with_context(|| format!("cannot mount on {}", p.mountpoint.display()))?;
+    if let Err(e) = spawn_signal_thread(signals, p.mountpoint.clone()) {
+        let _ = mountinfo::unmount(&p.mountpoint, true);
+        return Err(e);
+    }
+    Ok(Mounted {
+        session,
+        fs,
+        _volume_lock: volume_lock,
+        _mountpoint_lock: mountpoint_lock,
+    })
+}
+
+fn lock_volume(volume: &Path, read_only: bool) -> Result<File> {
+    let file = File::open(volume).with_context(|| format!("cannot open {}", volume.display()))?;
+    let taken = if read_only {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match taken {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            // Who holds it: a shared lock can still be had when only readers do.
+            let readers_only = !read_only && file.try_lock_shared().is_ok();
+            if readers_only {
+                bail!(
+                    "{} is mounted read-only by another domfs process; unmount it before mounting read-write",
+                    volume.display()
+                )
+            }
+            bail!(
+                "{} is already mounted read-write by another domfs process",
+                volume.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", volume.display()))
+        }
+    }
+}
+
+/// A shared lock on the directory underneath the mount: `domfs unmount` takes it
+/// exclusively to learn that this daemon has exited. Only `domfs unmount` probing at the
+/// same moment can hold it exclusively, so a refusal is retried briefly.
+fn lock_mountpoint(mountpoint: &Path) -> Result<File> {
+    let dir = File::open(mountpoint)
+        .with_context(|| format!("cannot open mount point {}", mountpoint.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match dir.try_lock_shared() {
+            Ok(()) => return Ok(dir),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} is still being unmounted by another domfs process; try again",
+                mountpoint.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", mountpoint.display()));
+            }
+        }
+    }
+}
+
+fn spawn_signal_thread(signals: SigSet, mountpoint: PathBuf) -> Result<()> {
+    std::thread::Builder::new()
+        .name("domfs-signals".into())
+        .spawn(move || {
+            loop {
+                let signal = match signals.wait() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("waiting for signals: {e}");
+                        return;
+                    }
+                };
+                tracing::info!("{signal}: unmounting {}", mountpoint.display());
+                match mountinfo::unmount(&mountpoint, true) {
+                    Ok(()) | Err(UnmountError::NotMounted) => {}
+                    Err(e) => tracing::error!("unmounting {}: {e}", mountpoint.display()),
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Serves requests until the session ends, then reports the final commit.
+fn serve(mounted: Mounted, p: &Prepared) -> Result<u8> {
+    let Mounted { session, fs, .. } = mounted;
+    let ended = session.run();
+    // `destroy` made the final commit; this one only reports its outcome (it has
+    // nothing left to write when that commit succeeded).
+    let committed = fs.sync();
+    if let Err(e) = &ended {
+        tracing::error!("the FUSE session ended with an error: {e}");
+        // Nothing serves the mount any more: take it away rather than leave it dead.
+        match mountinfo::unmount(&p.mountpoint, true) {
+            Ok(()) | Err(UnmountError::NotMounted) => {}
+            Err(e) => tracing::error!("unmounting {}: {e}", p.mountpoint.display()),
+        }
+    }
+    match committed {
+        Ok(()) => {
+            lifecycle(
+                p,
+                &format!("unmounted {}; final commit done", p.mountpoint.display()),
+            );
+            Ok(if ended.is_ok() { OK } else { FAILURE })
+        }
+        Err(e) => {
+            tracing::error!(
+                "final commit of {} failed: {e}; the volume holds the last successful commit",
+                p.volume.display()
+            );
+            Ok(FAILURE)
+        }
+    }
+}
+
+fn mounted_message(p: &Prepared) -> String {
+    format!(
+        "mounted {} on {}{}{}",
+        p.volume.display(),
+        p.mountpoint.display(),
+        if p.read_only { " (read-only)" } else { "" },
+        if p.writeback_cache {
+            " with the writeback cache"
+        } else {
+            ""
+        }
+    )
+}
+
+/// A timestamped line about the daemon's life (mounted, unmounted) on stderr — the log
+/// file once the daemon is in the background.
+fn lifecycle(p: &Prepared, what: &str) {
+    if !p.quiet {
+        eprintln!("{} domfs[{}]: {what}", utc_now(), std::process::id());
+    }
+}
+
+/// `2026-11-20T22:16:05Z`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---- background mode ----------------------------------------------------------------
+
+enum Forked {
+    Parent(nix::unistd::Pid),
+    Child,
+}
+
+/// fork(2), refused unless this process has exactly one thread.
+#[allow(unsafe_code)]
+fn fork_single_threaded() -> Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|dir| dir.count())
+        .context("cannot count this process's threads")?;
+    if threads != 1 {
+        bail!("internal error: cannot fork the mount daemon while {threads} threads run");
+    }
+    // SAFETY: the process is single-threaded (checked just above: nothing since `main`
+    // has started a thread — argument parsing, logging set-up and reading the key file
+    // do not), so the child is a complete copy of the only thread and may allocate, take
+    // locks and start threads of its own without inheriting a lock some other thread held.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the mount daemon")? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+fn daemonize(p: Prepared, key: DomainKey) -> Result<u8> {
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    match fork_single_threaded()? {
+        Forked::Parent(child) => {
+            drop(ready_write);
+            drop(key);
+            wait_until_ready(ready_read, child)
+        }
+        Forked::Child => {
+            drop(ready_read);
+            Ok(daemon_main(&p, key, ready_write))
+        }
+    }
+}
+
+/// The parent: waits for the child's word. "OK" means mounted; "ERR code" is followed by
+/// the message to print; end of file without a word means the child died.
+fn wait_until_ready(ready: OwnedFd, child: nix::unistd::Pid) -> Result<u8> {
+    let mut text = String::new();
+    File::from(ready)
+        .read_to_string(&mut text)
+        .context("cannot hear from the mount daemon")?;
+    if text.starts_with("OK") {
+        return Ok(OK);
+    }
+    if let Some(rest) = text.strip_prefix("ERR ") {
+        let (code, message) = rest.split_once('\n').unwrap_or((rest, ""));
+        eprint!("{message}");
+        return Ok(code.trim().parse().unwrap_or(FAILURE));
+    }
+    let status = nix::sys::wait::waitpid(child, None)
+        .map(|s| format!("{s:?}"))
+        .unwrap_or_else(|e| e.to_string());
+    bail!("the mount daemon ended before the mount was ready ({status})")
+}
+
+/// The child: becomes a daemon, mounts, reports, serves. Returns the exit code.
+fn daemon_main(p: &Prepared, key: DomainKey, ready: OwnedFd) -> u8 {
+    let mut ready = File::from(ready);
+    let report_error = |ready: &mut File, e: anyhow::Error| {
+        let mut message = format!("domfs: {}\n", error_chain(&e));
+        if let Some(hint) = super::exit::hint(&e) {
+            message.push_str(&format!("hint: {hint}\n"));
+        }
+        let code = super::exit::code_for(&e);
+        // The parent prints it; if the parent is gone, there is no one to tell.
+        let _ = write!(ready, "ERR {code}\n{message}");
+        code
+    };
+    if let Err(e) = detach() {
+        return report_error(&mut ready, e);
+    }
+    let mounted = match start(p, key) {
+        Ok(m) => m,
+        Err(e) => return report_error(&mut ready, e),
+    };
+    // From now on stderr is the log file (or nothing): the caller's terminal or pipe must
+    // not be held open by a daemon, or `$(domfs mount …)` would never return.
+    if let Err(e) = redirect_stderr(p) {
+        return report_error(&mut ready, e);
+    }
+    lifecycle(p, &mounted_message(p));
+    let _ = ready.write_all(b"OK\n");
+    drop(ready);
+    match serve(mounted, p) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{}", error_chain(&e));
+            FAILURE
+        }
+    }
+}
+
+/// A new session (no controlling terminal, no SIGHUP from the caller's), `/` as working
+/// directory (the daemon keeps no directory busy), stdin and stdout on /dev/null.
+fn detach() -> Result<()> {
+    nix::unistd::setsid().context("setsid")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("cannot open /dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
+    nix::unistd::dup2_stdout(&null).context("redirecting stdout")?;
+    Ok(())
+}
+
+fn redirect_stderr(p: &Prepared) -> Result<()> {
+    match &p.log {
+        Some(log) => nix::unistd::dup2_stderr(log).context("redirecting stderr to the log")?,
+        None => {
+            let null = OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .context("cannot open /dev/null")?;
+            nix::unistd::dup2_stderr(&null).context("redirecting stderr")?;
+        }
+    }
+    Ok(())
+}
+
+// ---- unmount --------------------------------------------------------------------------
+
+pub fn run_unmount(args: UnmountArgs, global: Global) -> Result<u8> {
+    let mountpoint = mountinfo::resolve(&args.mountpoint)
+        .with_context(|| format!("cannot find {}", args.mountpoint.display()))?;
+    let entry = match mountinfo::find(&mountpoint).context("cannot read the mount table")? {
+        Some(entry) if entry.fstype == FSTYPE => entry,
+        Some(entry) => bail!(
+            "{} is not a domfs mount (it is a {} mount of {})",
+            mountpoint.display(),
+            entry.fstype,
+            entry.source
+        ),
+        None => bail!(
+            "{} is not a domfs mount (nothing is mounted there)",
+            mountpoint.display()
+        ),
+    };
+    match mountinfo::unmount(&mountpoint, false) {
+        Ok(()) | Err(UnmountError::NotMounted) => {}
+        Err(UnmountError::Busy) => bail!(
+            "{} is busy: a process has a file open or its working directory there \
+             (`fuser -vm {}` lists them); nothing was unmounted",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Err(e) => bail!("cannot unmount {}: {e}", mountpoint.display()),
+    }
+    let timeout = Duration::from_secs(args.timeout);
+    let start = Instant::now();
+    let daemon_gone = mountinfo::wait_for_lock(&mountpoint, timeout)
+        .with_context(|| format!("cannot lock {}", mountpoint.display()))?;
+    let volume = PathBuf::from(&entry.source);
+    let volume_free = daemon_gone
+        && (entry.read_only
+            || mountinfo::wait_for_lock(&volume, timeout.saturating_sub(start.elapsed()))
+                .with_context(|| format!("cannot lock {}", volume.display()))?);
+    if !volume_free {
+        bail!(
+            "{} is unmounted, but its daemon has not finished with {} after {} s \
+             (still making its final commit?); see its log",
+            mountpoint.display(),
+            volume.display(),
+            args.timeout
+        );
+    }
+    if global.verbose > 0 {
+        eprintln!(
+            "unmounted {}; {} is committed and released",
+            mountpoint.display(),
+            volume.display()
+        );
+    }
+    Ok(OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        let text = utc_now();
+        assert_eq!(text.len(), 20, "{text}");
+        assert!(text.starts_with("20"), "{text}");
+        assert!(text.ends_with('Z'));
+    }
+}

@@ -1,0 +1,723 @@
+//! The FUSE adapter (layer 7 of DESIGN.md): kernel requests in, filesystem calls out.
+//!
+//! Thin by design: every request is translated into one [`crate::filesystem::Filesystem`]
+//! call and answered with exactly one reply; errors become their errno through
+//! [`crate::Error::errno`]. No policy lives here: permission checks are the kernel's
+//! (`default_permissions`), durability and space accounting the filesystem's.
+//!
+//! # Kernel options chosen at `init`, and why
+//!
+//! - **max_write 1 MiB** (the kernel's cap): a 1 MiB sequential write is one request, not
+//!   eight; needs `FUSE_MAX_PAGES`, which fuser asks for when the kernel offers it.
+//! - **async reads** (`FUSE_ASYNC_READ`, fuser's default): read-ahead and concurrent reads
+//!   of one file are sent in parallel instead of one at a time.
+//! - **writeback cache** (`FUSE_WRITEBACK_CACHE`): only when asked for
+//!   ([`DomFuse::with_writeback_cache`], `domfs mount --writeback-cache`). It makes small
+//!   buffered writes cheap (they land in the kernel's page cache and reach the daemon in
+//!   batches), but the kernel then accepts every write() without asking the daemon, so a
+//!   full volume shows up late: write() succeeds, the writeback gets ENOSPC, and fsync or
+//!   close reports it (measured: 200 MiB "written" to a 64 MiB volume, then fsync ENOSPC).
+//!   No reserve can prevent that, since nothing reaches the daemon at write() time. A
+//!   database treats a failed fsync as fatal (PostgreSQL panics), and the volume must
+//!   report ENOSPC at write time, so the default is write-through: every write() is a
+//!   request (of up to max_write bytes) and fails at once when the volume is full. The
+//!   price is small (fio here: +30% for 4 KiB random writes with an fsync every 32 writes
+//!   with the cache, no difference for 1 MiB sequential writes or 8 KiB 70/30 with
+//!   fdatasync). With the writeback cache on, the kernel reads through write-only handles (handles here carry no
+//!   access mode) and writes at offsets of its own choosing.
+//!   Either way the kernel resolves `O_APPEND` (it places the write at its size), so the
+//!   daemon writes at exactly the offset it is given and never looks at `O_APPEND`; and
+//!   every durability point (fsync, fdatasync, close of the last handle, unmount) has the
+//!   kernel send all its data first.
+//! - **parallel directory operations** (`FUSE_PARALLEL_DIROPS`): lookups and readdirs in
+//!   one directory are not serialised by the kernel.
+//! - **async direct I/O** (`FUSE_ASYNC_DIO`): a large `O_DIRECT` request is split into
+//!   requests that are in flight together.
+//! - **cached symlinks** (`FUSE_CACHE_SYMLINKS`): a symlink's target never changes.
+//! - **max_background 64**: enough read-ahead (and writeback) requests in flight for the
+//!   several dispatch threads the mount runs ([`THREADS`]).
+//! - Not chosen: remote POSIX/flock locks (the kernel's local locking is right on one host),
+//!   `FUSE_HANDLE_KILLPRIV` (the kernel clears setuid/setgid itself and sends the new mode),
+//!   `FUSE_DONT_MASK` (the kernel applies the umask), readdirplus (the kernel looks up
+//!   what it needs), `FUSE_EXPORT_SUPPORT` (no NFS export).
+//!
+//! Opens reply `FOPEN_KEEP_CACHE`: nothing changes a file behind the kernel's back, so its
+//! cached pages stay valid across opens. `O_DIRECT` opens are accepted as they are (the
+//! kernel bypasses the page cache for them). A name that does not exist is answered with
+//! a negative entry (inode 0) for [`attr::TTL`], so repeated probes for absent files
+//! (databases look for their journals all the time) are answered by the kernel.
+
+pub mod attr;
+pub mod mount;
+pub mod mountinfo;
+
+pub use mount::{MountSettings, THREADS, mount};
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::Error;
+use crate::filesystem::inode::{S_IFMT, S_IFREG};
+use crate::filesystem::{Caller, Entry, Filesystem, RenameFlags, SetAttr};
+
+use attr::{TTL, entry_attr, file_attr, file_type, kernel_time, time_set};
+
+/// The largest write request the kernel sends (its own cap).
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Pending background requests (read-ahead, writeback) the kernel may have in flight.
+pub const MAX_BACKGROUND: u16 = 64;
+/// Directory entries fetched per readdir request (a 32 KiB getdents buffer holds at most
+/// ~1000 entries; the reply stops early when the kernel's buffer is full).
+const READDIR_BATCH: usize = 1024;
+
+/// The `fuser::Filesystem` over a domfs [`Filesystem`].
+pub struct DomFuse {
+    fs: Arc<Filesystem>,
+    writeback_cache: bool,
+}
+
+impl DomFuse {
+    pub fn new(fs: Arc<Filesystem>) -> Self {
+        Self {
+            fs,
+            writeback_cache: false,
+        }
+    }
+
+    /// Asks the kernel for its writeback cache (see the module documentation for what a
+    /// full volume then does). Ignored on a read-only filesystem.
+    pub fn with_writeback_cache(mut self, on: bool) -> Self {
+        self.writeback_cache = on;
+        self
+    }
+
+    pub fn filesystem(&self) -> &Arc<Filesystem> {
+        &self.fs
+    }
+}
+
+/// The errno for a failed request; integrity and I/O failures are logged (refusals are
+/// the caller's business and only show at debug level).
+fn errno(op: &str, ino: u64, e: &Error) -> Errno {
+    match e {
+        Error::Posix(_)
+        | Error::NoSpace
+        | Error::ReadOnly
+        | Error::OutOfRange(_)
+        | Error::Invalid(_) => {
+            tracing::debug!("{op} (inode {ino}): {e}");
+        }
+        _ => tracing::error!("{op} (inode {ino}): {e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn name_bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
+fn reply_entry(reply: ReplyEntry, result: crate::Result<Entry>, op: &str, parent: u64) {
+    match result {
+        Ok(entry) => {
+            let (attr, generation) = entry_attr(&entry);
+            reply.entry(&TTL, &attr, generation);
+        }
+        Err(e) => reply.error(errno(op, parent, &e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: crate::Result<()>, op: &str, ino: u64) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, ino, &e)),
+    }
+}
+
+/// The reply to a getxattr/listxattr: the size for a size-0 probe, the bytes when they
+/// fit, ERANGE when they do not.
+fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        match u32::try_from(value.len()) {
+            Ok(len) => reply.size(len),
+            Err(_) => reply.error(Errno::E2BIG),
+        }
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+impl DomFuse {
+    /// A durability point: everything done so far is committed when this returns Ok.
+    fn sync(&self, op: &str, ino: u64) -> Result<(), Errno> {
+        self.fs.sync().map_err(|e| {
+            tracing::error!("{op} (inode {ino}): commit failed: {e}");
+            // Whatever went wrong, the caller must learn that its data is not durable.
+            Errno::EIO
+        })
+    }
+}
+
+impl fuser::Filesystem for DomFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(nearest);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let mut wanted = vec![
+            (InitFlags::FUSE_ASYNC_READ, "async reads"),
+            (
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                "parallel directory operations",
+            ),
+            (InitFlags::FUSE_ASYNC_DIO, "async direct I/O"),
+            (InitFlags::FUSE_CACHE_SYMLINKS, "symlink caching"),
+        ];
+        if self.writeback_cache && !self.fs.is_read_only() {
+            wanted.push((InitFlags::FUSE_WRITEBACK_CACHE, "a writeback cache"));
+        }
+        for (flag, what) in wanted {
+            if config.add_capabilities(flag).is_err() {
+                tracing::warn!("the kernel does not offer {what}; going without");
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmount: the final commit. The kernel has written back every dirty page before
+    /// the session ends, so this commit holds everything written through the mount.
+    fn destroy(&mut self) {
+        match self.fs.sync() {
+            Ok(()) => tracing::info!("final commit done"),
+            Err(e) => tracing::error!("final commit failed: {e}"),
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name_bytes(name)) {
+            Ok(entry) => {
+                let (attr, generation) = entry_attr(&entry);
+                reply.entry(&TTL, &attr, generation);
+            }
+            Err(Error::Posix(crate::error::Posix::NotFound)) => {
+                // A negative entry: the kernel remembers the absence for TTL (creating
+                // the name through this mount replaces it at once).
+                let attr = file_attr(0, &Default::default());
+                reply.entry(&TTL, &attr, Generation(0));
+            }
+            Err(e) => reply.error(errno("lookup", parent.0, &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    // batch_forget: fuser's default calls `forget` for each node (its element type is
+    // not nameable outside fuser 0.18).
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
+            Err(e) => reply.error(errno("getattr", ino.0, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(kernel_time),
+        };
+        match self.fs.setattr(ino.0, set) {
+            Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
+            Err(e) => reply.error(errno("setattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("readlink", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // The kernel has applied the umask already (FUSE_DONT_MASK is not asked for).
+        let result = self.fs.mknod(
+            parent.0,
+            name_bytes(name),
+            mode,
+            u64::from(rdev),
+            caller(req),
+        );
+        reply_entry(reply, result, "mknod", parent.0);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.fs.mkdir(parent.0, name_bytes(name), mode, caller(req));
+        reply_entry(reply, result, "mkdir", parent.0);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.unlink(parent.0, name_bytes(name));
+        reply_empty(reply, result, "unlink", parent.0);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.rmdir(parent.0, name_bytes(name));
+        reply_empty(reply, result, "rmdir", parent.0);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self.fs.symlink(
+            parent.0,
+            name_bytes(link_name),
+            target.as_os_str().as_bytes(),
+            caller(req),
+        );
+        reply_entry(reply, result, "symlink", parent.0);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT)
+            || !(fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE)
+                .contains(flags)
+        {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let flags = RenameFlags {
+            no_replace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        let result = self.fs.rename(
+            parent.0,
+            name_bytes(name),
+            newparent.0,
+            name_bytes(newname),
+            flags,
+        );
+        reply_empty(reply, result, "rename", parent.0);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.fs.link(ino.0, newparent.0, name_bytes(newname));
+        reply_entry(reply, result, "link", ino.0);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Any access mode and O_DIRECT are fine: handles carry no state, and the kernel
+        // has checked permissions (default_permissions) and O_RDONLY on a ro mount.
+        self.fs.opened(ino.0);
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        // The offset is final: the kernel has placed the write (O_APPEND included).
+        match self.fs.write(ino.0, offset, data) {
+            Ok(written) => reply.written(written),
+            Err(e) => reply.error(errno("write", ino.0, &e)),
+        }
+    }
+
+    /// Called on every close(): not a durability point (fsync is), but never ENOSYS.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.released(ino.0);
+        reply.ok();
+    }
+
+    /// fsync and fdatasync: durable when the reply is sent (the whole volume commits, so
+    /// fdatasync is no cheaper than fsync). Never ENOSYS: after an ENOSYS the kernel stops
+    /// sending fsync altogether and reports success without syncing.
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync("fsync", ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.opened(ino.0);
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(ino.0, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for (next, entry) in entries {
+                    let kind: FileType = file_type(entry.kind);
+                    if reply.add(
+                        INodeNo(entry.ino),
+                        next,
+                        kind,
+                        OsStr::from_bytes(&entry.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdir", ino.0, &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.released(ino.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync("fsyncdir", ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let st = self.fs.statfs();
+        reply.statfs(
+            st.blocks,
+            st.free,
+            st.free,
+            st.files,
+            st.files_free,
+            attr::BLKSIZE,
+            255,
+            attr::BLKSIZE,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.setxattr(ino.0, name_bytes(name), value, flags);
+        reply_empty(reply, result, "setxattr", ino.0);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name_bytes(name)) {
+            Ok(value) => reply_xattr(reply, &value, size),
+            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => reply_xattr(reply, &names, size),
+            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.removexattr(ino.0, name_bytes(name));
+        reply_empty(reply, result, "removexattr", ino.0);
+    }
+
+    /// create = mknod of a regular file + open.
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mode = S_IFREG | (mode & !S_IFMT);
+        match self
+            .fs
+            .mknod(parent.0, name_bytes(name), mode, 0, caller(req))
+        {
+            Ok(entry) => {
+                self.fs.opened(entry.ino);
+                let (attr, generation) = entry_attr(&entry);
+                reply.created(
+                    &TTL,
+                    &attr,
+                    generation,
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(e) => reply.error(errno("create", parent.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.fallocate(ino.0, offset, length, mode);
+        reply_empty(reply, result, "fallocate", ino.0);
+    }
+
+    // What domfs does not offer is refused quietly: fuser's defaults log a warning per
+    // request, and e.g. every `isatty()` check on a file sends an ioctl.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// ENOSYS once: the kernel then seeks by itself (SEEK_DATA/SEEK_HOLE see one extent).
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS once: the kernel then copies through read and write.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS once: regular files are then always ready, as on a local filesystem.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn bmap(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Never sent under `default_permissions`: the kernel checks permissions itself.
+    /// Answered by existence alone, should it come.
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno("access", ino.0, &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_config_runs_threads_and_honours_allow_other() {
+        let settings = MountSettings {
+            fsname: "/srv/v.vol".into(),
+            read_only: true,
+            allow_other: true,
+        };
+        let config = settings.session_config();
+        assert_eq!(config.acl, fuser::SessionACL::All);
+        assert_eq!(config.n_threads, Some(THREADS));
+        assert!(config.clone_fd);
+    }
+}
