@@ -19,6 +19,7 @@ pub fn init_logging(global: Global) {
         (false, 1) => "info",
         (false, _) => "debug",
     };
+    // Plain text: the daemon's stderr becomes its --log file after it detaches.
     // fuser reports a reply to a client that died mid-request (a database killed with
     // -m immediate) as an error; it is harmless, so it stays quiet.
     let filter = tracing_subscriber::EnvFilter::try_from_env("DOMFS_LOG").unwrap_or_else(|_| {
@@ -26,7 +27,7 @@ pub fn init_logging(global: Global) {
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(false)
         .with_writer(|| LogWriter)
         .with_target(false)
         .without_time()
