@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod devices;
+pub mod mount;
 
 use std::path::PathBuf;
 use std::sync::Arc;
