@@ -39,7 +39,10 @@ pub struct SetAttr {
 #[derive(Clone, Copy, Debug)]
 pub struct StatFs {
     pub blocks: u64,
+    /// Not in use (includes the reserve kept for rewrites of existing blocks).
     pub free: u64,
+    /// What new data may still take.
+    pub available: u64,
     pub files: u64,
     pub files_free: u64,
 }
@@ -186,7 +189,8 @@ impl Filesystem {
         let st = self.lock();
         StatFs {
             blocks: space.usable_blocks,
-            free: space.available_blocks,
+            free: space.free_blocks,
+            available: space.available_blocks,
             files: st.sb.inodes_used + space.available_blocks * super::inode::INODES_PER_BLOCK,
             files_free: space.available_blocks * super::inode::INODES_PER_BLOCK,
         }

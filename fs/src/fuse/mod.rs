@@ -535,7 +535,7 @@ impl fuser::Filesystem for DomFuse {
         reply.statfs(
             st.blocks,
             st.free,
-            st.free,
+            st.available,
             st.files,
             st.files_free,
             attr::BLKSIZE,

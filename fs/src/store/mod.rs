@@ -90,6 +90,9 @@ pub struct SpaceStats {
     pub allocated_blocks: u64,
     /// Blocks a new write may still take.
     pub available_blocks: u64,
+    /// Blocks not in use: `available_blocks` plus the reserve only rewrites of existing
+    /// blocks may take.
+    pub free_blocks: u64,
     /// Dirty data blocks waiting for the next commit.
     pub dirty_blocks: u64,
 }
@@ -403,6 +406,7 @@ impl BlockStore {
             usable_blocks: self.geometry.usable_blocks(),
             allocated_blocks: inner.sb.allocated,
             available_blocks: self.available(&inner, Claim::NewBlock),
+            free_blocks: self.available(&inner, Claim::Rewrite),
             dirty_blocks: inner.dirty.len() as u64,
         }
     }
