@@ -128,22 +128,8 @@ impl State {
             return Err(Posix::NotDirectory.into());
         }
         let before = (inode.size, inode.blocks, inode.map);
-        let mut dir = match self.dirs.remove(&ino) {
-            Some(dir) => dir,
-            None => Directory::load(&mut FileBlocks {
-                io,
-                alloc: &mut self.alloc,
-                inode: &mut inode,
-            })?,
-        };
-        let result = f(
-            &mut dir,
-            &mut FileBlocks {
-                io,
-                alloc: &mut self.alloc,
-                inode: &mut inode,
-            },
-        );
+        let cached = self.dirs.remove(&ino);
+        let (dir, result) = on_directory(io, &mut self.alloc, &mut inode, cached, f)?;
         self.dirs.insert(ino, dir);
         if (inode.size, inode.blocks, inode.map) != before {
             self.put_inode(io, ino, &inode)?;
@@ -158,25 +144,30 @@ impl State {
         f: impl FnOnce(&mut Directory, &mut dyn DirStorage) -> Result<R>,
     ) -> Result<R> {
         let mut inode = self.sb.orphans.clone();
-        let mut dir = Directory::load(&mut FileBlocks {
-            io,
-            alloc: &mut self.alloc,
-            inode: &mut inode,
-        })?;
-        let result = f(
-            &mut dir,
-            &mut FileBlocks {
-                io,
-                alloc: &mut self.alloc,
-                inode: &mut inode,
-            },
-        );
+        let (_, result) = on_directory(io, &mut self.alloc, &mut inode, None, f)?;
         if inode != self.sb.orphans {
             self.sb.orphans = inode;
             self.sb_dirty = true;
         }
         result
     }
+}
+
+/// Runs `f` on the directory stored in `inode`'s blocks (loading it unless `cached`);
+/// returns the directory for caching and what `f` returned.
+fn on_directory<R>(
+    io: &dyn BlockIo,
+    alloc: &mut Allocator,
+    inode: &mut Inode,
+    cached: Option<Directory>,
+    f: impl FnOnce(&mut Directory, &mut dyn DirStorage) -> Result<R>,
+) -> Result<(Directory, Result<R>)> {
+    let mut dir = match cached {
+        Some(dir) => dir,
+        None => Directory::load(&mut FileBlocks { io, alloc, inode })?,
+    };
+    let result = f(&mut dir, &mut FileBlocks { io, alloc, inode });
+    Ok((dir, result))
 }
 
 /// A file's content as blocks (what a directory is stored in).
