@@ -17,11 +17,15 @@ use crate::format::superblock::Superblock;
 use crate::format::{FIRST_PHYS_BLOCK, SUPERBLOCK_OFFSETS};
 use crate::store::geometry::{BITS_PER_MAP_BLOCK, NodeId};
 use crate::store::pointer::Pointer;
-use crate::types::{BLOCK_SIZE, Block, Generation, PhysBlock};
+use crate::types::{BLOCK_SIZE, Block, Generation, PhysBlock, Tag};
 use crate::{Error, Result};
 
 /// Longest run of adjacent blocks sent to the device in one write.
 const MAX_WRITE_BLOCKS: usize = 256;
+/// Sealing runs on up to this many threads…
+const MAX_SEAL_THREADS: usize = 4;
+/// …each with at least this many blocks (fewer are not worth a thread).
+const MIN_BLOCKS_PER_THREAD: usize = 64;
 
 #[derive(Default)]
 struct Txn {
@@ -252,33 +256,80 @@ impl BlockStore {
         order.sort_unstable_by_key(|(id, _)| (id.level, id.index));
         let mut writes = Vec::with_capacity(order.len());
         let mut root = Pointer::NULL;
-        for (id, phys) in order {
-            let mut sealed: Box<Block> = match (id.level, inner.dirty.get(&id.index)) {
-                (0, Some(Pending::Data(data))) if !self.geometry.is_map_leaf(id) => data.clone(),
-                _ => txn
-                    .work
-                    .get(&id)
-                    .expect("placed blocks are adopted")
-                    .clone(),
-            };
-            let generation = Generation(inner.next_generation);
-            inner.next_generation += 1;
-            let tag = self.codec.seal(phys, generation, &mut sealed);
-            let ptr = Pointer {
-                phys,
-                generation,
-                tag,
-            };
-            if id.level == self.geometry.height {
-                root = ptr;
-            } else {
-                let parent = txn.work.get_mut(&id.parent()).expect("parents are adopted");
-                ptr.write_entry(parent, id.slot());
+        // Level by level: a node can only be sealed once its children's tags are in it;
+        // within a level the blocks are independent and sealed in parallel.
+        for level in order.chunk_by(|a, b| a.0.level == b.0.level) {
+            let mut jobs: Vec<(NodeId, PhysBlock, Generation, Box<Block>)> = level
+                .iter()
+                .map(|&(id, phys)| {
+                    let plain = match (id.level, inner.dirty.get(&id.index)) {
+                        (0, Some(Pending::Data(data))) if !self.geometry.is_map_leaf(id) => {
+                            data.clone()
+                        }
+                        _ => txn
+                            .work
+                            .get(&id)
+                            .expect("placed blocks are adopted")
+                            .clone(),
+                    };
+                    let generation = Generation(inner.next_generation);
+                    inner.next_generation += 1;
+                    (id, phys, generation, plain)
+                })
+                .collect();
+            let tags = self.seal_parallel(&mut jobs);
+            for ((id, phys, generation, sealed), tag) in jobs.into_iter().zip(tags) {
+                let ptr = Pointer {
+                    phys,
+                    generation,
+                    tag,
+                };
+                if id.level == self.geometry.height {
+                    root = ptr;
+                } else {
+                    let parent = txn.work.get_mut(&id.parent()).expect("parents are adopted");
+                    ptr.write_entry(parent, id.slot());
+                }
+                writes.push((phys.0, sealed));
             }
-            writes.push((phys.0, sealed));
         }
         writes.sort_unstable_by_key(|(phys, _)| *phys);
         (root, writes)
+    }
+
+    /// Seals every job's block in place, on as many cores as are worth it.
+    fn seal_parallel(&self, jobs: &mut [(NodeId, PhysBlock, Generation, Box<Block>)]) -> Vec<Tag> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_SEAL_THREADS)
+            .min(jobs.len().div_ceil(MIN_BLOCKS_PER_THREAD))
+            .max(1);
+        if threads == 1 {
+            return jobs
+                .iter_mut()
+                .map(|(_, phys, generation, block)| self.codec.seal(*phys, *generation, block))
+                .collect();
+        }
+        let per_thread = jobs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks_mut(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter_mut()
+                            .map(|(_, phys, generation, block)| {
+                                self.codec.seal(*phys, *generation, block)
+                            })
+                            .collect::<Vec<Tag>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("sealing never panics"))
+                .collect()
+        })
     }
 
     fn write_blocks(&self, writes: &[(u64, Box<Block>)]) -> Result<()> {
