@@ -21,10 +21,11 @@
 //!   database treats a failed fsync as fatal (PostgreSQL panics), and the volume must
 //!   report ENOSPC at write time, so the default is write-through: every write() is a
 //!   request (of up to max_write bytes) and fails at once when the volume is full. The
-//!   price is small (fio here: +30% for 4 KiB random writes with an fsync every 32 writes
-//!   with the cache, no difference for 1 MiB sequential writes or 8 KiB 70/30 with
-//!   fdatasync). With the writeback cache on, the kernel reads through write-only handles (handles here carry no
-//!   access mode) and writes at offsets of its own choosing.
+//!   price is small: one fio run here showed +30% for 4 KiB random writes with an fsync
+//!   every 32 writes with the cache, while bench/compare.sh (two full runs) showed none —
+//!   and no difference for 1 MiB sequential writes or 8 KiB 70/30 with fdatasync. With the
+//!   writeback cache on, the kernel reads through write-only handles (handles here carry
+//!   no access mode) and writes at offsets of its own choosing.
 //!   Either way the kernel resolves `O_APPEND` (it places the write at its size), so the
 //!   daemon writes at exactly the offset it is given and never looks at `O_APPEND`; and
 //!   every durability point (fsync, fdatasync, close of the last handle, unmount) has the

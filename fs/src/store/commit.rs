@@ -23,7 +23,7 @@ use crate::{Error, Result};
 /// Longest run of adjacent blocks sent to the device in one write.
 const MAX_WRITE_BLOCKS: usize = 256;
 /// Sealing runs on up to this many threads…
-const MAX_SEAL_THREADS: usize = 4;
+pub(super) const MAX_SEAL_THREADS: usize = 4;
 /// …each with at least this many blocks (fewer are not worth a thread).
 const MIN_BLOCKS_PER_THREAD: usize = 64;
 
@@ -299,10 +299,11 @@ impl BlockStore {
 
     /// Seals every job's block in place, on as many cores as are worth it.
     fn seal_parallel(&self, jobs: &mut [(NodeId, PhysBlock, Generation, Box<Block>)]) -> Vec<Tag> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_SEAL_THREADS)
-            .min(jobs.len().div_ceil(MIN_BLOCKS_PER_THREAD))
+        // Small commits (an fsync of a few blocks) stay on this thread: spawning, and even
+        // asking how many cores there are, costs more than sealing them.
+        let threads = self
+            .seal_threads
+            .min(jobs.len() / MIN_BLOCKS_PER_THREAD)
             .max(1);
         if threads == 1 {
             return jobs

@@ -174,6 +174,8 @@ pub struct BlockStore {
     access: Access,
     /// Blocks only rewrites may take (see [`BlockStore::available`]).
     rewrite_reserve: u64,
+    /// Threads that seal a large commit (cores, asked once: the question is costly).
+    seal_threads: usize,
     /// Held for a whole commit, so commits happen one at a time. Lock order: `serial`,
     /// then `inner` (never wait for `serial` while holding `inner`).
     serial: Mutex<()>,
@@ -213,6 +215,9 @@ impl BlockStore {
             dev,
             rewrite_reserve,
             serial: Mutex::new(()),
+            seal_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(commit::MAX_SEAL_THREADS),
             codec,
             header,
             geometry,
