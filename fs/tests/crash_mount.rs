@@ -32,6 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::mount::*;
+use common::prng_bytes as data;
 
 /// Files per writer thread.
 const FILES_PER_WRITER: usize = 3;
@@ -52,20 +53,6 @@ struct FileLog {
     /// How many of `ops` a successful fsync/fdatasync covered.
     acked: usize,
     syncs: usize,
-}
-
-/// Deterministic, never-zero contents for a write.
-fn data(len: usize, fill: u64) -> Vec<u8> {
-    let mut x = fill | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn apply(content: &mut Vec<u8>, op: FileOp) {

@@ -72,6 +72,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::mount::*;
+use common::prng_bytes as data;
 
 const DEFAULT_SEEDS: &[u64] = &[0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
 const DEFAULT_OPS: usize = 1500;
@@ -335,21 +336,6 @@ fn describe_bytes(b: &[u8]) -> String {
 
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
-}
-
-/// Deterministic contents for a write: a cheap PRNG stream keyed by `fill`. Never all
-/// zeros, so that data is told apart from holes.
-fn data(len: usize, fill: u64) -> Vec<u8> {
-    let mut x = fill | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The comparable attributes (a directory's size is not: it differs by design).

@@ -71,3 +71,18 @@ impl TestVolume {
 pub fn pattern(seed: u64, n: u64) -> Box<Block> {
     domfs::cli::debug::pattern(seed, n)
 }
+
+/// Deterministic contents for a write: a cheap PRNG stream keyed by `fill`. Never all
+/// zeros, so that data is told apart from holes.
+pub fn prng_bytes(len: usize, fill: u64) -> Vec<u8> {
+    let mut x = fill | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
