@@ -274,15 +274,7 @@ fn kill_9_in_the_middle_of_commits_loses_nothing_acknowledged() {
         let key = DomainKey::parse_key_file(&std::fs::read(dir.path().join("k")).expect("key"))
             .expect("key");
         let dev = Arc::new(FileDevice::open(&vol, Access::ReadOnly).expect("open"));
-        let store = BlockStore::open(
-            dev,
-            &key,
-            StoreOptions {
-                access: Access::ReadOnly,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("reopen");
+        let store = BlockStore::open(dev, &key, StoreOptions::read_only()).expect("reopen");
         let matches = |txns: u64| {
             let model = model_after(round, txns, span, txn_blocks);
             (0..span).all(|n| {

@@ -14,10 +14,7 @@ use domfs::store::StoreOptions;
 
 /// The filesystem check finds nothing wrong.
 fn assert_fsck_clean(vol: &TestVolume) {
-    let store = vol.open_with(StoreOptions {
-        access: domfs::device::Access::ReadOnly,
-        ..StoreOptions::default()
-    });
+    let store = vol.open_with(StoreOptions::read_only());
     let report = domfs::filesystem::fsck::check(&store, &[])
         .expect("check runs")
         .expect("a filesystem");

@@ -54,15 +54,7 @@ fn golden_v1_volume_opens_verifies_and_reads() {
     let dev = Arc::new(FileDevice::open(&path, Access::ReadOnly).expect("open"));
     let report = domfs::store::fsck::fsck(dev.clone(), &key, &|_, _| {}).expect("fsck");
     assert!(report.is_clean(), "{report:?}");
-    let store = BlockStore::open(
-        dev,
-        &key,
-        StoreOptions {
-            access: Access::ReadOnly,
-            ..StoreOptions::default()
-        },
-    )
-    .expect("open golden volume");
+    let store = BlockStore::open(dev, &key, StoreOptions::read_only()).expect("open golden volume");
     assert_eq!(store.header().meta, b"golden");
     for n in 0..store.logical_blocks() {
         let mut got = [0u8; BLOCK_SIZE];

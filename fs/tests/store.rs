@@ -148,10 +148,7 @@ fn a_full_volume_says_no_space_at_write_time_and_stays_consistent() {
 #[test]
 fn read_only_store_refuses_writes() {
     let vol = TestVolume::new(8 << 20);
-    let store = vol.open_with(StoreOptions {
-        access: Access::ReadOnly,
-        ..StoreOptions::default()
-    });
+    let store = vol.open_with(StoreOptions::read_only());
     let buf = [0u8; BLOCK_SIZE];
     assert!(matches!(
         store.write(LogicalBlock(0), &buf),

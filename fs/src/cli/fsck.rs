@@ -101,14 +101,7 @@ fn check_filesystem(
     use crate::store::{BlockStore, StoreOptions};
     let dev = FileDevice::open(&args.volume, Access::ReadOnly)
         .with_context(|| format!("cannot open {}", args.volume.display()))?;
-    let store = BlockStore::open(
-        Arc::new(dev),
-        key,
-        StoreOptions {
-            access: Access::ReadOnly,
-            ..StoreOptions::default()
-        },
-    )?;
+    let store = BlockStore::open(Arc::new(dev), key, StoreOptions::read_only())?;
     let bad: Vec<std::ops::Range<u64>> = report
         .bad_blocks
         .iter()

@@ -79,6 +79,16 @@ impl Default for StoreOptions {
     }
 }
 
+impl StoreOptions {
+    /// Read-only, everything else as default (fsck, inspection, read-only mounts).
+    pub fn read_only() -> Self {
+        Self {
+            access: Access::ReadOnly,
+            ..Self::default()
+        }
+    }
+}
+
 /// Space accounting, in blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceStats {
