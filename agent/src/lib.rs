@@ -3,3 +3,5 @@
 //! PolicyPCR session, caches them for their lease, and hands them to local mounts over a
 //! Unix socket.
 #![deny(unsafe_code)]
+
+pub mod tpm;

@@ -3,3 +3,6 @@
 //! only to an enrolled, approved host named in the domain's manager-signed access list,
 //! encrypted to that host's TPM key.
 #![deny(unsafe_code)]
+
+pub mod attest;
+pub mod wrap;
