@@ -147,6 +147,10 @@ pub enum Error {
     CorruptSuperblock(String),
     #[error("refusing to open read-write: {0}")]
     DamagedSuperblock(String),
+    #[error("forged superblock: {0}")]
+    ForgedSuperblock(String),
+    #[error("access to this volume was revoked by the TTP; the mount no longer holds its key")]
+    Revoked,
     #[error("corrupt filesystem structure: {0} (run domfs fsck)")]
     CorruptFilesystem(String),
     #[error("volume is not formatted yet (no superblock)")]
@@ -176,6 +180,7 @@ impl Error {
             Error::ReadOnly => libc_errno::EROFS,
             Error::OutOfRange(_) => libc_errno::EFBIG,
             Error::Invalid(_) => libc_errno::EINVAL,
+            Error::Revoked => libc_errno::EACCES,
             _ => libc_errno::EIO,
         }
     }

@@ -1,11 +1,13 @@
 //! Creating a domain volume: the one place where a container gets its header and, when
 //! the creator holds the key, its first superblocks.
 
+use std::sync::Arc;
+
 use crate::crypto::DomainKey;
-use crate::device::Device;
-use crate::format::header::{CipherSuite, DomainHeader, KeyMode, write_header};
+use crate::device::{Access, Device};
+use crate::format::header::{CipherSuite, DomainHeader, KeyMode, read_header, write_header};
 use crate::format::{HEADER_OFFSETS, HEADER_SLOT_SIZE, MIN_CONTAINER_SIZE, SUPERBLOCK_OFFSETS};
-use crate::store::format_volume;
+use crate::store::{BlockStore, StoreOptions, format_volume};
 use crate::types::{BLOCK_SIZE, VolumeId};
 use crate::{Error, Result};
 
@@ -51,9 +53,28 @@ pub fn create_volume(
     }
     write_header(dev, &header)?;
     if let Some(key) = key {
-        format_volume(dev, &header, key)?;
+        format_volume(dev, &header, key, None)?;
     }
     Ok(header)
+}
+
+/// Opens the block store of `dev`. A volume created without its key (agent mode: the
+/// domain manager never holds it) has no superblocks yet; the first read-write open
+/// writes them, signed with the writer key in `options`.
+pub fn open_store(
+    dev: Arc<dyn Device>,
+    key: &DomainKey,
+    options: StoreOptions,
+) -> Result<BlockStore> {
+    match BlockStore::open(dev.clone(), key, options.clone()) {
+        Err(Error::Unformatted) if options.access == Access::ReadWrite => {
+            let header = read_header(dev.as_ref())?.header;
+            tracing::info!("{}: first read-write open, formatting", dev.name());
+            format_volume(dev.as_ref(), &header, key, options.writer.clone())?;
+            BlockStore::open(dev, key, options)
+        }
+        other => other,
+    }
 }
 
 /// Whether the container already holds something worth protecting: a domfs header, or

@@ -32,7 +32,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
     }
     match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
         Some(Error::WrongKey | Error::BadKeyFile(_)) => KEY,
-        Some(Error::Integrity(_)) => INTEGRITY,
+        Some(Error::Integrity(_) | Error::ForgedSuperblock(_)) => INTEGRITY,
         Some(
             Error::NotDomfs
             | Error::UnsupportedVersion(_)

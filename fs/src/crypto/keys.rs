@@ -120,6 +120,9 @@ pub struct VolumeKeys {
     /// Stored in the superblock so that a wrong key is told apart from a damaged volume.
     /// It is a PRF output: it says nothing about K.
     pub key_check: Tag,
+    /// The domain's writer key (agent mode): superblocks are signed with its private half
+    /// and checked with its public half. `None` in key-file mode.
+    pub writer: Option<std::sync::Arc<super::WriterKeys>>,
 }
 
 impl VolumeKeys {
@@ -148,7 +151,18 @@ impl VolumeKeys {
             block_mac: MacKey::new(&block_mac[..]),
             superblock_mac: MacKey::new(&sb_mac[..]),
             key_check: Tag(key_check),
+            writer: None,
         })
+    }
+
+    /// The same keys, with superblocks signed (or, for a read-only host, only checked)
+    /// with the domain's writer key.
+    pub fn with_writer(
+        mut self: Box<Self>,
+        writer: Option<std::sync::Arc<super::WriterKeys>>,
+    ) -> Box<Self> {
+        self.writer = writer;
+        self
     }
 }
 

@@ -8,8 +8,10 @@
 
 pub mod block;
 pub mod keys;
+pub mod writer;
 pub mod xts;
 
 pub use block::BlockCodec;
 pub use keys::{DomainKey, MacKey, VolumeKeys};
+pub use writer::WriterKeys;
 pub use xts::Xts256;

@@ -93,6 +93,9 @@ pub struct Filesystem {
     state: Mutex<State>,
     read_only: bool,
     failed: AtomicBool,
+    /// The TTP withdrew this host's access: every request is refused (EACCES) and nothing
+    /// more is committed.
+    revoked: AtomicBool,
 }
 
 impl Filesystem {
@@ -112,6 +115,7 @@ impl Filesystem {
             state: Mutex::new(State::new(sb)),
             read_only,
             failed: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
         };
         if !read_only {
             fs.mutate(0, |st, io| ops_ns::free_orphans(st, io))?;
@@ -128,10 +132,27 @@ impl Filesystem {
         self.read_only
     }
 
+    /// Access was revoked: from now on every operation fails with EACCES, nothing is
+    /// committed, and the decrypted blocks in memory are dropped. The caller unmounts; the
+    /// keys are zeroized when the store is dropped.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        // Wait for a running operation to end, then drop what it may have left cached.
+        let _between_operations = self.lock();
+        self.store.drop_caches();
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+
     /// Makes everything done so far durable. The snapshot is taken between operations;
     /// the writing happens without the filesystem's lock, so other files stay readable
     /// and writable while a sync waits for the disk.
     pub fn sync(&self) -> Result<()> {
+        if self.is_revoked() {
+            return Err(Error::Revoked);
+        }
         if self.read_only {
             return Ok(());
         }
@@ -152,6 +173,9 @@ impl Filesystem {
 
     /// Runs a read-only step.
     fn inspect<R>(&self, f: impl FnOnce(&mut State, &dyn BlockIo) -> Result<R>) -> Result<R> {
+        if self.is_revoked() {
+            return Err(Error::Revoked);
+        }
         let mut st = self.lock();
         f(&mut st, &*self.store)
     }
@@ -163,6 +187,9 @@ impl Filesystem {
         blocks: u64,
         f: impl FnOnce(&mut State, &dyn BlockIo) -> Result<R>,
     ) -> Result<R> {
+        if self.is_revoked() {
+            return Err(Error::Revoked);
+        }
         if self.read_only {
             return Err(Error::ReadOnly);
         }

@@ -22,10 +22,12 @@
 //! | 160 | 32 | key check value (HKDF output: tells a wrong key from damage) |
 //! | 192 | 8 | commit time (Unix seconds) |
 //! | 200 | 8 | allocation cursor (a hint) |
-//! | 208 | 272 | reserved, zero (writer signature, audit head: later versions) |
+//! | 208 | 64 | writer signature: Ed25519 by the domain's writer key over bytes 0..208 (agent mode); zero in key-file mode |
+//! | 272 | 208 | reserved, zero (audit head: a later version) |
 //! | 480 | 32 | HMAC-SHA256 over bytes 0..480 |
 
 use crate::crypto::VolumeKeys;
+use crate::crypto::writer::WRITER_SIGNATURE_LEN;
 use crate::format::{FORMAT_VERSION, SUPERBLOCK_LEN};
 use crate::store::pointer::Pointer;
 use crate::types::{Generation, PhysBlock, Tag, VolumeId};
@@ -33,6 +35,8 @@ use crate::types::{Generation, PhysBlock, Tag, VolumeId};
 const MAGIC: &[u8; 8] = b"DOMFS\0SB";
 const MAC_OFFSET: usize = SUPERBLOCK_LEN - 32;
 const MAC_DOMAIN: &[u8] = b"domfs superblock v1";
+/// The writer signature covers the fields before it.
+const SIGNED_LEN: usize = 208;
 
 /// A verified superblock.
 #[derive(Clone, Debug)]
@@ -59,6 +63,9 @@ pub enum SlotState {
     /// The key check value does not match: the key is wrong (or that field was damaged).
     WrongKey,
     Damaged(String),
+    /// The MAC verifies but the writer signature does not: written by a holder of the
+    /// domain key without write access (a read-only host), or by a key-file tool.
+    Unsigned,
 }
 
 impl Superblock {
@@ -78,6 +85,9 @@ impl Superblock {
         b[160..192].copy_from_slice(&keys.key_check.0);
         b[192..200].copy_from_slice(&self.commit_time.to_le_bytes());
         b[200..208].copy_from_slice(&self.alloc_cursor.to_le_bytes());
+        if let Some(signature) = keys.writer.as_ref().and_then(|w| w.sign(&b[..SIGNED_LEN])) {
+            b[SIGNED_LEN..SIGNED_LEN + WRITER_SIGNATURE_LEN].copy_from_slice(&signature);
+        }
         let mac = keys.superblock_mac.tag(&[MAC_DOMAIN, &b[..MAC_OFFSET]]);
         b[MAC_OFFSET..].copy_from_slice(&mac.0);
         b
@@ -113,6 +123,13 @@ impl Superblock {
         // code relies on so a bug elsewhere cannot turn into a panic.
         if u32_at(b, 12) != 0 || b[65..72].iter().any(|&x| x != 0) {
             return SlotState::Damaged("unknown flags".into());
+        }
+        if let Some(writer) = &keys.writer {
+            let mut signature = [0u8; WRITER_SIGNATURE_LEN];
+            signature.copy_from_slice(&b[SIGNED_LEN..SIGNED_LEN + WRITER_SIGNATURE_LEN]);
+            if !writer.verify(&b[..SIGNED_LEN], &signature) {
+                return SlotState::Unsigned;
+            }
         }
         SlotState::Valid(Box::new(Self::fields(b, volume_id)))
     }

@@ -34,7 +34,7 @@ pub mod slots;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::crypto::{BlockCodec, DomainKey, VolumeKeys};
+use crate::crypto::{BlockCodec, DomainKey, VolumeKeys, WriterKeys};
 use crate::device::{Access, Device};
 use crate::error::Damaged;
 use crate::format::header::{DomainHeader, read_header};
@@ -65,6 +65,9 @@ pub struct StoreOptions {
     /// filesystem on top turns this off and commits between its operations, so that no
     /// operation is ever split across two commits.
     pub auto_commit: bool,
+    /// The domain's writer key (agent mode): superblocks must carry its signature, and a
+    /// read-write open needs its private half. `None` in key-file mode.
+    pub writer: Option<Arc<WriterKeys>>,
 }
 
 impl Default for StoreOptions {
@@ -75,6 +78,7 @@ impl Default for StoreOptions {
             dirty_fraction: 0.5,
             accept_damaged_superblock: false,
             auto_commit: true,
+            writer: None,
         }
     }
 }
@@ -198,7 +202,10 @@ impl BlockStore {
     pub fn open(dev: Arc<dyn Device>, key: &DomainKey, options: StoreOptions) -> Result<Self> {
         let header = read_header(dev.as_ref())?.header;
         let geometry = Geometry::for_container(header.container_size)?;
-        let keys = VolumeKeys::derive(key, &header.volume_id);
+        let keys = VolumeKeys::derive(key, &header.volume_id).with_writer(options.writer.clone());
+        if options.access == Access::ReadWrite {
+            slots::check_can_write(&header, &keys)?;
+        }
         let report = slots::read_slots(dev.as_ref(), &keys, &header)?;
         let sb = report.current()?.clone();
         slots::check_against_header(&sb, &header, &geometry)?;

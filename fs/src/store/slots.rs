@@ -1,8 +1,10 @@
 //! Reading, choosing and first writing the two superblock slots.
 
-use crate::crypto::{DomainKey, VolumeKeys};
+use std::sync::Arc;
+
+use crate::crypto::{DomainKey, VolumeKeys, WriterKeys};
 use crate::device::Device;
-use crate::format::header::DomainHeader;
+use crate::format::header::{DomainHeader, KeyMode};
 use crate::format::superblock::{SlotState, Superblock};
 use crate::format::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSETS};
 use crate::store::geometry::Geometry;
@@ -25,6 +27,17 @@ impl SlotReport {
             SlotState::Valid(sb) => Some(&**sb),
             _ => None,
         });
+        if let Some(unsigned) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, SlotState::Unsigned))
+        {
+            return Err(Error::ForgedSuperblock(format!(
+                "superblock slot {unsigned} (offset {}) verifies under the domain key but is not signed by the domain's writer key: \
+                 a host without write access, or a key-file tool, wrote it",
+                SUPERBLOCK_OFFSETS[unsigned]
+            )));
+        }
         if let Some(best) = valid.max_by_key(|sb| sb.sequence) {
             return Ok(best);
         }
@@ -78,6 +91,7 @@ pub fn describe(state: &SlotState) -> String {
         SlotState::Valid(sb) => format!("holds commit {}", sb.sequence),
         SlotState::WrongKey => "has a key check value that does not match this key".into(),
         SlotState::Damaged(why) => format!("is damaged: {why}"),
+        SlotState::Unsigned => "is not signed by the domain's writer key".into(),
     }
 }
 
@@ -119,11 +133,28 @@ pub(crate) fn check_against_header(
     Ok(())
 }
 
+/// Refuses to write superblocks another host could not verify: an agent-mode volume is
+/// written only with the domain's writer key.
+pub(crate) fn check_can_write(header: &DomainHeader, keys: &VolumeKeys) -> Result<()> {
+    if header.key_mode == KeyMode::Ttp && !keys.writer.as_ref().is_some_and(|w| w.can_sign()) {
+        return Err(Error::Invalid(
+            "this volume's superblocks are signed with the domain's writer key, which only a read-write grant from the TTP carries; open it read-only, or mount it through the agent".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes the first superblocks of an empty volume (both slots, so that an empty slot is
 /// never normal later). The header must already be on the device.
-pub fn format_volume(dev: &dyn Device, header: &DomainHeader, key: &DomainKey) -> Result<()> {
+pub fn format_volume(
+    dev: &dyn Device,
+    header: &DomainHeader,
+    key: &DomainKey,
+    writer: Option<Arc<WriterKeys>>,
+) -> Result<()> {
     let geometry = Geometry::for_container(header.container_size)?;
-    let keys = VolumeKeys::derive(key, &header.volume_id);
+    let keys = VolumeKeys::derive(key, &header.volume_id).with_writer(writer);
+    check_can_write(header, &keys)?;
     let mut sb = Superblock {
         volume_id: header.volume_id,
         sequence: 0,
