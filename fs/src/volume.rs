@@ -24,13 +24,7 @@ pub fn create_volume(
     options: CreateOptions,
     key: Option<&DomainKey>,
 ) -> Result<DomainHeader> {
-    let size = dev.size() - dev.size() % BLOCK_SIZE as u64;
-    if size < MIN_CONTAINER_SIZE {
-        return Err(Error::Invalid(format!(
-            "the container holds {} bytes; a volume needs at least {MIN_CONTAINER_SIZE}",
-            dev.size()
-        )));
-    }
+    let size = usable_size(dev)?;
     let header = DomainHeader {
         volume_id: VolumeId::random()?,
         block_size: BLOCK_SIZE as u32,
@@ -44,6 +38,58 @@ pub fn create_volume(
         manager_key: Vec::new(),
         extensions: Vec::new(),
     };
+    install(dev, header, key)
+}
+
+/// The manager-signed part of an agent-mode header.
+pub struct SignedAccessList {
+    pub message: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub manager_key: Vec<u8>,
+}
+
+/// Writes the header of an agent-mode volume whose id was chosen (and registered at the
+/// TTP) beforehand. No superblocks: the creator never holds the domain key, so the first
+/// read-write mount formats the volume.
+pub fn create_ttp_volume(
+    dev: &dyn Device,
+    volume_id: VolumeId,
+    meta: Vec<u8>,
+    signed: SignedAccessList,
+) -> Result<DomainHeader> {
+    let header = DomainHeader {
+        volume_id,
+        block_size: BLOCK_SIZE as u32,
+        cipher_suite: CipherSuite::Aes256XtsHmacSha256,
+        key_mode: KeyMode::Ttp,
+        container_size: usable_size(dev)?,
+        created_unix: crate::store::unix_now(),
+        meta,
+        signed_message: signed.message,
+        signature: signed.signature,
+        manager_key: signed.manager_key,
+        extensions: Vec::new(),
+    };
+    install(dev, header, None)
+}
+
+/// The container size a volume on `dev` gets: whole 4 KiB blocks, at least the minimum.
+pub fn usable_size(dev: &dyn Device) -> Result<u64> {
+    let size = dev.size() - dev.size() % BLOCK_SIZE as u64;
+    if size < MIN_CONTAINER_SIZE {
+        return Err(Error::Invalid(format!(
+            "the container holds {} bytes; a volume needs at least {MIN_CONTAINER_SIZE}",
+            dev.size()
+        )));
+    }
+    Ok(size)
+}
+
+fn install(
+    dev: &dyn Device,
+    header: DomainHeader,
+    key: Option<&DomainKey>,
+) -> Result<DomainHeader> {
     // Clear stale superblocks first: a leftover from an older volume must never be taken
     // for this one's (it would fail its MAC anyway, but an empty slot is clearer).
     let zeros = vec![0u8; BLOCK_SIZE];

@@ -367,10 +367,11 @@ fn refusals_are_clear() {
     let vol = Volume::new();
     let mp = vol.mountpoint("m");
 
+    // Without --key-file the key would come from the agent; a key-file volume says so.
     let out = domfs(&["mount", path_str(&vol.path), path_str(&mp)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("agent mode"),
+        text(&out.stderr).contains("key-file volume: mount it with --key-file"),
         "{}",
         text(&out.stderr)
     );

@@ -7,7 +7,7 @@ pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// Bad command line.
 pub const USAGE: u8 = 2;
-/// Wrong key, or an unreadable key file.
+/// Wrong key, an unreadable key file, or the TTP or agent refused to release the key.
 pub const KEY: u8 = 3;
 /// fsck found damage, or a read hit an integrity error.
 pub const INTEGRITY: u8 = 4;
@@ -26,7 +26,15 @@ pub const REFUSED: u8 = 8;
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// The TTP or the agent said no (not in the access list, revoked, lease held, …).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyRefused(pub String);
+
 pub fn code_for(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<KeyRefused>().is_some() {
+        return KEY;
+    }
     if e.downcast_ref::<Refused>().is_some() {
         return REFUSED;
     }

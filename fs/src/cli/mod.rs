@@ -2,15 +2,19 @@
 //! `run`; this file parses, sets up logging, and maps errors to a message and an exit
 //! code (see [`exit`]).
 
+mod acl;
 mod create;
 pub mod debug;
 pub mod exit;
 mod fsck;
 mod header;
 mod key;
+mod manager;
 mod mount;
+mod mount_agent;
 mod output;
 pub mod size;
+mod ttp;
 
 use std::process::ExitCode;
 
@@ -46,6 +50,17 @@ enum Command {
     /// Manage key files.
     #[command(subcommand)]
     Key(key::Command),
+    /// Give a host access to an agent-mode volume (a new signed list, registered at the
+    /// TTP and written into the header).
+    Grant(acl::ChangeArgs),
+    /// Take a host's access away (or only its right to write, with `rw`).
+    Revoke(acl::ChangeArgs),
+    /// Show a volume's access list.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
+    /// Domain manager keys.
+    #[command(subcommand)]
+    Manager(manager::Command),
     /// Mount a volume on a directory (returns once the mount is ready, unless -f).
     Mount(mount::Args),
     /// Unmount a volume; returns after the final commit and the release of the volume.
@@ -85,6 +100,10 @@ pub fn main() -> ExitCode {
         Command::Fsck(args) => fsck::run(args, global),
         Command::Header(cmd) => header::run(cmd, global),
         Command::Key(cmd) => key::run(cmd, global),
+        Command::Grant(args) => acl::run_change(acl::Change::Grant, args, global),
+        Command::Revoke(args) => acl::run_change(acl::Change::Revoke, args, global),
+        Command::Acl(cmd) => acl::run_show(cmd, global),
+        Command::Manager(cmd) => manager::run(cmd, global),
         Command::Mount(args) => mount::run(args, global),
         Command::Unmount(args) => mount::run_unmount(args, global),
         Command::Debug(cmd) => debug::run(cmd, global),

@@ -31,28 +31,36 @@ use nix::sys::signal::{SigSet, Signal};
 use super::Global;
 use super::exit::{FAILURE, OK};
 use super::key::read_key_file;
+use super::mount_agent::{DEFAULT_AGENT_SOCKET, Lease, Want, acquire, release, spawn_watch};
 use super::output::error_chain;
 use super::size::parse_size;
 use crate::crypto::DomainKey;
+use crate::crypto::WriterKeys;
 use crate::device::{Access, FileDevice};
 use crate::filesystem::Filesystem;
+use crate::format::header::read_header;
 use crate::fuse::mountinfo::{self, FSTYPE, UnmountError};
 use crate::fuse::{DomFuse, MountSettings};
-use crate::store::{BlockStore, StoreOptions};
-
-const AGENT_MODE: &str = "no --key-file given: getting the domain key from the local domfs-agent \
-     (agent mode) comes with the key-release issue and is not available yet; \
-     use --key-file KEY for now";
+use crate::store::StoreOptions;
+use crate::volume::open_store;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Key file of the volume (key-file mode). Without it the key would come from the
-    /// local domfs-agent, which is not available yet.
-    #[arg(long, value_name = "KEY")]
+    /// Key file of the volume (key-file mode). Without it the key comes from the host's
+    /// domfs-agent (agent mode).
+    #[arg(long, value_name = "KEY", conflicts_with = "agent")]
     key_file: Option<PathBuf>,
-    /// Mount read-only (any number of read-only mounts may share a volume).
-    #[arg(long)]
+    /// The agent's socket (agent mode, the default).
+    #[arg(long, value_name = "SOCKET", env = "DOMFS_AGENT_SOCKET")]
+    agent: Option<PathBuf>,
+    /// Mount read-only (any number of read-only mounts may share a volume). In agent
+    /// mode the mount is read-only anyway when this host was granted only ro.
+    #[arg(long, conflicts_with = "read_write")]
     read_only: bool,
+    /// Agent mode: fail unless this host is granted read-write (instead of falling back
+    /// to a read-only mount).
+    #[arg(long)]
+    read_write: bool,
     /// Let other users use the mount (e.g. a database server running as `postgres`).
     #[arg(long)]
     allow_other: bool,
@@ -100,15 +108,33 @@ struct Prepared {
     quiet: bool,
 }
 
+/// Where the domain key comes from.
+enum KeySource {
+    File(DomainKey),
+    Agent { socket: PathBuf, want: Want },
+}
+
 pub fn run(args: Args, global: Global) -> Result<u8> {
-    let Some(key_file) = args.key_file.as_deref() else {
-        bail!(AGENT_MODE);
-    };
     let prepared = prepare(&args, global)?;
-    let key = read_key_file(key_file)?;
+    let key = match args.key_file.as_deref() {
+        Some(key_file) => KeySource::File(read_key_file(key_file)?),
+        None => KeySource::Agent {
+            socket: args
+                .agent
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
+            want: if args.read_only {
+                Want::ReadOnly
+            } else if args.read_write {
+                Want::ReadWrite
+            } else {
+                Want::Best
+            },
+        },
+    };
     if args.foreground {
         let mounted = start(&prepared, key)?;
-        lifecycle(&prepared, &mounted_message(&prepared));
+        lifecycle(&prepared, &mounted_message(&prepared, mounted.read_only));
         if prepared.log.is_some() {
             redirect_stderr(&prepared)?;
         }
@@ -185,6 +211,9 @@ fn prepare(args: &Args, global: Global) -> Result<Prepared> {
 struct Mounted {
     session: fuser::Session<DomFuse>,
     fs: Arc<Filesystem>,
+    read_only: bool,
+    /// Agent mode: given back at unmount.
+    lease: Option<Lease>,
     /// Released when the process exits, after the final commit.
     _volume_lock: File,
     _mountpoint_lock: File,
@@ -200,7 +229,7 @@ fn shutdown_signals() -> SigSet {
 }
 
 /// Locks, opens and mounts. The key is dropped (zeroized) once the store has its subkeys.
-fn start(p: &Prepared, key: DomainKey) -> Result<Mounted> {
+fn start(p: &Prepared, source: KeySource) -> Result<Mounted> {
     // Blocked before any thread exists, so every thread inherits the mask and only the
     // signal thread below ever takes these signals (a signal during start-up waits).
     let signals = shutdown_signals();
@@ -211,16 +240,48 @@ fn start(p: &Prepared, key: DomainKey) -> Result<Mounted> {
     // The daemon holds the volume's subkeys for as long as it runs: no core dumps of
     // it, and no ptrace by other processes of the same user.
     nix::sys::prctl::set_dumpable(false).context("cannot make the daemon non-dumpable")?;
-    let volume_lock = lock_volume(&p.volume, p.read_only)?;
+    let (key, writer, read_only, lease) = match source {
+        KeySource::File(key) => (key, None, p.read_only, None),
+        KeySource::Agent { socket, want } => {
+            let dev = FileDevice::open(&p.volume, Access::ReadOnly)
+                .with_context(|| format!("cannot open {}", p.volume.display()))?;
+            let header = read_header(&dev)?.header;
+            let granted = acquire(&socket, &header, want, &p.mountpoint)?;
+            (
+                granted.key,
+                Some(granted.writer),
+                granted.read_only,
+                Some(granted.lease),
+            )
+        }
+    };
+    let opened = open_and_mount(p, key, writer, read_only, lease.clone());
+    if opened.is_err()
+        && let Some(lease) = &lease
+    {
+        release(lease);
+    }
+    opened
+}
+
+fn open_and_mount(
+    p: &Prepared,
+    key: DomainKey,
+    writer: Option<Arc<WriterKeys>>,
+    read_only: bool,
+    lease: Option<Lease>,
+) -> Result<Mounted> {
+    let signals = shutdown_signals();
+    let volume_lock = lock_volume(&p.volume, read_only)?;
     let mountpoint_lock = lock_mountpoint(&p.mountpoint)?;
-    let access = if p.read_only {
+    let access = if read_only {
         Access::ReadOnly
     } else {
         Access::ReadWrite
     };
     let dev = FileDevice::open(&p.volume, access)
         .with_context(|| format!("cannot open {}", p.volume.display()))?;
-    let store = BlockStore::open(
+    let store = open_store(
         Arc::new(dev),
         &key,
         StoreOptions {
@@ -228,30 +289,37 @@ fn start(p: &Prepared, key: DomainKey) -> Result<Mounted> {
             cache_bytes: p.cache_bytes,
             // The filesystem commits between its operations, never the store by itself.
             auto_commit: false,
+            writer,
             ..StoreOptions::default()
         },
     )
     .with_context(|| format!("cannot open {}", p.volume.display()))?;
     drop(key);
     let fs = Arc::new(
-        Filesystem::open(Arc::new(store), p.read_only)
+        Filesystem::open(Arc::new(store), read_only)
             .with_context(|| format!("cannot open the filesystem of {}", p.volume.display()))?,
     );
     let settings = MountSettings {
         fsname: p.volume.to_string_lossy().into_owned(),
-        read_only: p.read_only,
+        read_only,
         allow_other: p.allow_other,
     };
     let adapter = DomFuse::new(fs.clone()).with_writeback_cache(p.writeback_cache);
     let session = crate::fuse::mount(adapter, &p.mountpoint, &settings)
         .with_context(|| format!("cannot mount on {}", p.mountpoint.display()))?;
-    if let Err(e) = spawn_signal_thread(signals, p.mountpoint.clone()) {
+    let threads = spawn_signal_thread(signals, p.mountpoint.clone()).and_then(|()| match &lease {
+        Some(lease) => spawn_watch(lease.clone(), fs.clone(), p.mountpoint.clone()),
+        None => Ok(()),
+    });
+    if let Err(e) = threads {
         let _ = mountinfo::unmount(&p.mountpoint, true);
         return Err(e);
     }
     Ok(Mounted {
         session,
         fs,
+        read_only,
+        lease,
         _volume_lock: volume_lock,
         _mountpoint_lock: mountpoint_lock,
     })
@@ -335,11 +403,26 @@ fn spawn_signal_thread(signals: SigSet, mountpoint: PathBuf) -> Result<()> {
 
 /// Serves requests until the session ends, then reports the final commit.
 fn serve(mounted: Mounted, p: &Prepared) -> Result<u8> {
-    let Mounted { session, fs, .. } = mounted;
+    let Mounted {
+        session, fs, lease, ..
+    } = mounted;
     let ended = session.run();
     // `destroy` made the final commit; this one only reports its outcome (it has
     // nothing left to write when that commit succeeded).
     let committed = fs.sync();
+    if let Some(lease) = &lease {
+        release(lease);
+    }
+    if fs.is_revoked() {
+        lifecycle(
+            p,
+            &format!(
+                "access revoked: {} unmounted without a final commit; the key is dropped",
+                p.mountpoint.display()
+            ),
+        );
+        return Ok(FAILURE);
+    }
     if let Err(e) = &ended {
         tracing::error!("the FUSE session ended with an error: {e}");
         // Nothing serves the mount any more: take it away rather than leave it dead.
@@ -366,12 +449,12 @@ fn serve(mounted: Mounted, p: &Prepared) -> Result<u8> {
     }
 }
 
-fn mounted_message(p: &Prepared) -> String {
+fn mounted_message(p: &Prepared, read_only: bool) -> String {
     format!(
         "mounted {} on {}{}{}",
         p.volume.display(),
         p.mountpoint.display(),
-        if p.read_only { " (read-only)" } else { "" },
+        if read_only { " (read-only)" } else { "" },
         if p.writeback_cache {
             " with the writeback cache"
         } else {
@@ -440,14 +523,14 @@ fn fork_single_threaded() -> Result<Forked> {
     }
 }
 
-fn daemonize(p: Prepared, key: DomainKey) -> Result<u8> {
+fn daemonize(p: Prepared, key: KeySource) -> Result<u8> {
     let (ready_read, ready_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     match fork_single_threaded()? {
         Forked::Parent(child) => {
             drop(ready_write);
             drop(key);
-            wait_until_ready(ready_read, child)
+            wait_until_ready(ready_read, child, p.quiet)
         }
         Forked::Child => {
             drop(ready_read);
@@ -458,12 +541,15 @@ fn daemonize(p: Prepared, key: DomainKey) -> Result<u8> {
 
 /// The parent: waits for the child's word. "OK" means mounted; "ERR code" is followed by
 /// the message to print; end of file without a word means the child died.
-fn wait_until_ready(ready: OwnedFd, child: nix::unistd::Pid) -> Result<u8> {
+fn wait_until_ready(ready: OwnedFd, child: nix::unistd::Pid, quiet: bool) -> Result<u8> {
     let mut text = String::new();
     File::from(ready)
         .read_to_string(&mut text)
         .context("cannot hear from the mount daemon")?;
-    if text.starts_with("OK") {
+    if let Some(what) = text.strip_prefix("OK") {
+        if !quiet && !what.trim().is_empty() {
+            eprintln!("{}", what.trim());
+        }
         return Ok(OK);
     }
     if let Some(rest) = text.strip_prefix("ERR ") {
@@ -478,7 +564,7 @@ fn wait_until_ready(ready: OwnedFd, child: nix::unistd::Pid) -> Result<u8> {
 }
 
 /// The child: becomes a daemon, mounts, reports, serves. Returns the exit code.
-fn daemon_main(p: &Prepared, key: DomainKey, ready: OwnedFd) -> u8 {
+fn daemon_main(p: &Prepared, key: KeySource, ready: OwnedFd) -> u8 {
     let mut ready = File::from(ready);
     let report_error = |ready: &mut File, e: anyhow::Error| {
         let mut message = format!("domfs: {}\n", error_chain(&e));
@@ -502,8 +588,8 @@ fn daemon_main(p: &Prepared, key: DomainKey, ready: OwnedFd) -> u8 {
     if let Err(e) = redirect_stderr(p) {
         return report_error(&mut ready, e);
     }
-    lifecycle(p, &mounted_message(p));
-    let _ = ready.write_all(b"OK\n");
+    lifecycle(p, &mounted_message(p, mounted.read_only));
+    let _ = ready.write_all(format!("OK {}\n", mounted_message(p, mounted.read_only)).as_bytes());
     drop(ready);
     match serve(mounted, p) {
         Ok(code) => code,
