@@ -268,9 +268,9 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
         }
     }
 
-    /// A lease ran out at the TTP while it was unreachable, and the TTP, reachable again,
-    /// no longer knows it: ask for the same grant again (everything is checked anew,
-    /// the PCRs included) and keep the local lease if it unlocks the same keys.
+    /// The TTP no longer knows a lease (it ran out during an outage, or the TTP
+    /// restarted): ask for the same grant again (everything is checked anew, the PCRs
+    /// included) and keep the local lease if it unlocks the same keys.
     pub(crate) async fn reacquire(&self, local_id: &[u8], lease: &TtpLease) -> Result<(), Status> {
         let (signed_message, signature) = self
             .table()

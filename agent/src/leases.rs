@@ -21,10 +21,14 @@
 //! - An entry nobody uses any more (no live process holds a use, nobody watches) when its
 //!   renewal falls due is released at the TTP and dropped: a crashed daemon has half a
 //!   lease to come back and find its key cached.
-//! - Renewal at half the lease. A refusal ends the lease at once (LEASE_REVOKED). An
-//!   unreachable TTP starts the grace period: the key is served until
-//!   max(lease end, first failure + grace), then dropped (GRACE_EXPIRED); a renewal that
-//!   succeeds in between ends the outage (RENEWED).
+//! - Renewal at half the lease. PERMISSION_DENIED ends the lease at once (LEASE_REVOKED).
+//!   NOT_FOUND (the TTP forgot the lease: it ran out during an outage, or the TTP
+//!   restarted) makes the agent ask for the key again with the same header; the TTP
+//!   checks everything anew, the TPM unwraps anew, and if the keys are the same the local
+//!   lease goes on under its old id (RENEWED), otherwise it is revoked. Any other failure
+//!   counts as the TTP being unreachable and starts the grace period: the key is served
+//!   until max(lease end, first failure + grace), then dropped (GRACE_EXPIRED); a renewal
+//!   that succeeds in between ends the outage (RENEWED).
 //! - Leases live in memory only: an agent restart forgets them (the TTP's read-write
 //!   lease then runs out on its own), and an agent shutdown does not release them, since
 //!   running mounts may still be using their keys.
@@ -87,8 +91,8 @@ pub struct NewLease {
     /// A read-only lease taken because the TTP refused read-write (MODE_BEST): later BEST
     /// requests use it without asking for read-write again.
     pub rw_refused: bool,
-    /// The header's signed message and signature, to ask again for a lease that ran out
-    /// while the TTP was unreachable.
+    /// The header's signed message and signature, to ask again for a lease the TTP
+    /// forgot.
     pub signed_message: Vec<u8>,
     pub signature: Vec<u8>,
 }
@@ -372,13 +376,8 @@ impl LeaseTable {
             .map(|e| (e.signed_message.clone(), e.signature.clone()))
     }
 
-    /// Whether the lease's current term has ended (it is being served on grace).
-    pub fn lapsed(&self, id: &[u8], now_ms: u64) -> bool {
-        self.entries.get(id).is_some_and(|e| now_ms >= e.until_ms)
-    }
-
-    /// A fresh TTP lease replaces one that ran out during an outage, if it unlocks the
-    /// same keys. Returns false (changing nothing) if the lease is gone or the keys differ.
+    /// A fresh TTP lease replaces one the TTP forgot (run out during an outage, or the
+    /// TTP restarted), if it unlocks the same keys. Returns false (changing nothing) if the lease is gone or the keys differ.
     pub fn reacquired(
         &mut self,
         id: &[u8],
@@ -400,7 +399,7 @@ impl LeaseTable {
         entry.extend(seconds, now_ms);
         let event = entry.event(
             Kind::Renewed,
-            "the lease ran out while the TTP was unreachable and was granted again".into(),
+            "the TTP had forgotten the lease and granted the key again".into(),
             grace_ms,
         );
         entry.send(event);

@@ -70,13 +70,15 @@ async fn renew_one<U: KeyUnwrapper, T: TtpApi>(
         .renew_lease(lease.lease_id.clone(), lease.domain.to_vec())
         .await;
     let result = match result {
-        Err(status)
-            if status.code() == Code::NotFound && agent.table().lapsed(&local_id, now_ms()) =>
-        {
+        // The TTP no longer knows the lease: it ran out during an outage, or the TTP
+        // restarted (it keeps read-only leases in memory). It says "ask again", and a
+        // fresh grant re-checks everything.
+        Err(status) if status.code() == Code::NotFound => {
             tracing::info!(
                 domain = %domain,
                 mode = lease.mode.as_str(),
-                "the lease ran out during the TTP outage; asking for it again"
+                reason = %describe_status(&status),
+                "the TTP does not know the lease any more; asking for the key again"
             );
             // Any answer other than a grant of the same keys ends the lease; no answer
             // continues the outage.

@@ -115,7 +115,7 @@ async fn a_lease_that_ran_out_in_an_outage_is_granted_again() {
     agent.ttp.state().renewals = Renewals::Forgotten;
     let event = next_event(&mut rx).await.unwrap();
     assert_eq!(event.kind(), Kind::Renewed, "{event:?}");
-    assert!(event.message.contains("granted again"));
+    assert!(event.message.contains("granted the key again"));
     assert_eq!(agent.ttp.get_calls.load(Ordering::SeqCst), 2);
     // Callers keep the lease id they were given.
     let (grant, source) = get(&agent, D1, Mode::ReadOnly, &caller(13, true))
@@ -144,4 +144,25 @@ async fn an_unused_lease_is_released_instead_of_renewed() {
     assert_eq!(agent.ttp.state().released, vec![grant.lease_id]);
     assert!(agent.table().is_empty());
     assert_eq!(agent.ttp.renew_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_lease_the_ttp_forgot_is_granted_again_or_revoked() {
+    // The TTP restarted (it keeps read-only leases in memory): no outage, just NOT_FOUND.
+    let (agent, id, mut rx) = leased(Duration::from_secs(60), Renewals::Forgotten).await;
+    let event = next_event(&mut rx).await.unwrap();
+    assert_eq!(event.kind(), Kind::Renewed, "{event:?}");
+    assert_eq!(agent.ttp.get_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(agent.table().infos().len(), 1);
+    // If the fresh request is refused (here: the host was revoked meanwhile), the lease ends.
+    agent.ttp.state().host_state = domfs_proto::ttp::HostState::Revoked;
+    let event = next_event(&mut rx).await.unwrap();
+    assert_eq!(event.kind(), Kind::LeaseRevoked, "{event:?}");
+    assert!(
+        event.message.contains("granting it again failed"),
+        "{event:?}"
+    );
+    assert!(next_event(&mut rx).await.is_none());
+    assert!(agent.table().is_empty());
+    assert!(agent.release_key(&id, &caller(11, true)).await.is_err());
 }
