@@ -418,9 +418,11 @@ fn check_grant(response: &GetDomainKeyResponse, granted: Granted) -> Result<(), 
 /// The one place TPM errors become statuses.
 pub fn tpm_status(error: TpmError) -> Status {
     match error {
-        TpmError::PolicyFailed => Status::failed_precondition(format!(
-            "the TPM refused: PCRs changed since enrollment ({error})"
-        )),
+        TpmError::PolicyFailed => Status::failed_precondition(
+            "the TPM refused: PCRs changed since enrollment (if the change is legitimate, \
+             re-enroll with `domfs-agent enroll --force` and have the TTP operator approve \
+             the host again)",
+        ),
         TpmError::NotEnrolled => Status::failed_precondition(error.to_string()),
         TpmError::Unavailable(_) => Status::unavailable(error.to_string()),
         TpmError::Failed(_) => Status::internal(error.to_string()),

@@ -10,6 +10,7 @@ use domfs_proto::client::describe_status;
 use domfs_proto::ttp::HostState;
 
 use crate::error::AgentError;
+use crate::tpm::TpmError;
 use crate::ttp::{TtpApi, is_answer};
 use crate::unwrapper::KeyUnwrapper;
 
@@ -42,13 +43,27 @@ fn ttp_error(call: &'static str, status: Status) -> AgentError {
     }
 }
 
+/// Where the host stands at the TTP after [`ensure_enrolled`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enrollment {
+    pub state: HostState,
+    /// Hex SHA-256 of the attestation key's public area, as the TTP reports it.
+    pub fingerprint: String,
+    /// Whether this run sent an Enroll (as opposed to finding the host known).
+    pub enrolled_now: bool,
+}
+
 /// Enrolls if needed (see [`Keys`]) and returns where the host stands at the TTP.
+///
+/// When the TTP does not know the host, existing keys are enrolled as they are, unless
+/// the TPM refuses them (their PCR policy no longer matches): then new keys are made,
+/// which costs nothing since there is no approval to lose.
 pub async fn ensure_enrolled<U: KeyUnwrapper, T: TtpApi>(
     tpm: &U,
     ttp: &T,
     host: &str,
     keys: Keys,
-) -> Result<HostState, AgentError> {
+) -> Result<Enrollment, AgentError> {
     let has_keys = tpm.has_keys().await?;
     if keys == Keys::IfNeeded && has_keys {
         let status = ttp
@@ -63,10 +78,19 @@ pub async fn ensure_enrolled<U: KeyUnwrapper, T: TtpApi>(
                 attestation_key = %status.attestation_key_fingerprint,
                 "enrollment at the TTP"
             );
-            if state == HostState::Pending {
-                waiting(host);
+            match state {
+                HostState::Pending => waiting(host),
+                HostState::Revoked => tracing::warn!(
+                    host,
+                    "this host is revoked at the TTP: no keys will be released to it"
+                ),
+                _ => {}
             }
-            return Ok(state);
+            return Ok(Enrollment {
+                state,
+                fingerprint: status.attestation_key_fingerprint,
+                enrolled_now: false,
+            });
         }
         tracing::info!(
             host,
@@ -78,7 +102,16 @@ pub async fn ensure_enrolled<U: KeyUnwrapper, T: TtpApi>(
         .begin_enrollment()
         .await
         .map_err(|s| ttp_error("BeginEnrollment", s))?;
-    let evidence = tpm.evidence(nonce, fresh).await?;
+    let evidence = match tpm.evidence(nonce.clone(), fresh).await {
+        Err(TpmError::PolicyFailed) if !fresh => {
+            tracing::info!(
+                host,
+                "the existing TPM keys are bound to other PCR values: making new ones"
+            );
+            tpm.evidence(nonce, true).await?
+        }
+        other => other?,
+    };
     let response = ttp
         .enroll(evidence)
         .await
@@ -94,11 +127,20 @@ pub async fn ensure_enrolled<U: KeyUnwrapper, T: TtpApi>(
     if state == HostState::Pending {
         waiting(host);
     }
-    Ok(state)
+    Ok(Enrollment {
+        state,
+        fingerprint: response.attestation_key_fingerprint,
+        enrolled_now: true,
+    })
+}
+
+/// What the operator has to do next.
+pub fn approval_hint(host: &str) -> String {
+    format!("waiting for approval: run `domfs-ttp hosts approve {host}` on the TTP")
 }
 
 fn waiting(host: &str) {
-    tracing::info!("waiting for approval: run `domfs-ttp hosts approve {host}` on the TTP");
+    tracing::info!("{}", approval_hint(host));
 }
 
 /// Retries enrollment in the background after the TTP was unreachable at start: every
@@ -117,3 +159,7 @@ pub async fn retry_until_enrolled<U: KeyUnwrapper, T: TtpApi>(tpm: &U, ttp: &T, 
         delay = (delay * 2).min(Duration::from_secs(300));
     }
 }
+
+#[cfg(test)]
+#[path = "enroll_tests.rs"]
+mod tests;

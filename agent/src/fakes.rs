@@ -29,6 +29,11 @@ pub const HOST: &str = "ward-db-1";
 #[derive(Default)]
 pub struct FakeTpm {
     pub policy_failed: AtomicBool,
+    pub no_keys: AtomicBool,
+    /// Evidence from the existing keys fails with PolicyFailed (their PCRs changed).
+    pub stale_keys: AtomicBool,
+    /// The `fresh_keys` flag of every evidence call.
+    pub evidence_calls: Mutex<Vec<bool>>,
 }
 
 pub fn wrap(plain: &[u8]) -> Vec<u8> {
@@ -37,10 +42,18 @@ pub fn wrap(plain: &[u8]) -> Vec<u8> {
 
 impl KeyUnwrapper for FakeTpm {
     async fn has_keys(&self) -> Result<bool, TpmError> {
-        Ok(true)
+        Ok(!self.no_keys.load(Ordering::SeqCst))
     }
-    async fn evidence(&self, _: Vec<u8>, _: bool) -> Result<EnrollRequest, TpmError> {
-        Ok(EnrollRequest::default())
+    async fn evidence(&self, nonce: Vec<u8>, fresh: bool) -> Result<EnrollRequest, TpmError> {
+        self.evidence_calls.lock().unwrap().push(fresh);
+        if !fresh && self.stale_keys.load(Ordering::SeqCst) {
+            return Err(TpmError::PolicyFailed);
+        }
+        self.no_keys.store(false, Ordering::SeqCst);
+        Ok(EnrollRequest {
+            nonce,
+            ..EnrollRequest::default()
+        })
     }
     async fn unwrap(&self, wrapped: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         if self.policy_failed.load(Ordering::SeqCst) {
@@ -72,6 +85,8 @@ pub struct TtpState {
     pub released: Vec<Vec<u8>>,
     /// Wrapped keys of the wrong length.
     pub bad_grant: bool,
+    /// Enroll calls accepted.
+    pub enrolls: usize,
 }
 
 pub struct FakeTtp {
@@ -94,6 +109,7 @@ impl FakeTtp {
                 next_lease: 1,
                 released: Vec::new(),
                 bad_grant: false,
+                enrolls: 0,
             }),
             get_calls: AtomicUsize::new(0),
             renew_calls: AtomicUsize::new(0),
@@ -117,10 +133,25 @@ pub fn down() -> Status {
 
 impl TtpApi for FakeTtp {
     async fn begin_enrollment(&self) -> Result<Vec<u8>, Status> {
-        Ok(vec![0; 32])
+        if self.state().down {
+            return Err(down());
+        }
+        Ok(vec![0xee; 32])
     }
-    async fn enroll(&self, _: EnrollRequest) -> Result<EnrollResponse, Status> {
-        Ok(EnrollResponse::default())
+    async fn enroll(&self, request: EnrollRequest) -> Result<EnrollResponse, Status> {
+        let mut state = self.state();
+        if state.down {
+            return Err(down());
+        }
+        if request.nonce != [0xee; 32] {
+            return Err(Status::permission_denied("wrong nonce"));
+        }
+        state.enrolls += 1;
+        state.host_state = HostState::Pending;
+        Ok(EnrollResponse {
+            state: HostState::Pending as i32,
+            attestation_key_fingerprint: "f1".into(),
+        })
     }
     async fn host_status(&self) -> Result<HostStatusResponse, Status> {
         let state = self.state();
@@ -130,7 +161,7 @@ impl TtpApi for FakeTtp {
         Ok(HostStatusResponse {
             name: HOST.into(),
             state: state.host_state as i32,
-            attestation_key_fingerprint: "ab".into(),
+            attestation_key_fingerprint: "f0".into(),
         })
     }
     async fn get_domain_key(

@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::os::unix::fs::DirBuilderExt;
 
-use domfs_agent::enroll::{Keys, state_name};
+use domfs_agent::enroll::{Keys, approval_hint, state_name};
 use domfs_agent::server::{HostConfig, ServeConfig};
 use domfs_agent::tpm::PcrSelection;
 use domfs_agent::{logging, server, socket};
 use domfs_proto::agent::{Mode, StatusRequest};
 use domfs_proto::client::{TlsFiles, connect_agent, describe_status};
+use domfs_proto::ttp::HostState;
 
 /// The domfs host agent (the secure component): enrolls this host's TPM with the TTP and
 /// hands domain keys to local mounts over a Unix socket.
@@ -207,8 +208,13 @@ async fn enroll(args: EnrollArgs, verbose: u8) -> Result<()> {
     } else {
         Keys::IfNeeded
     };
-    let state = server::enroll(&host, keys).await?;
-    println!("enrollment: {}", state_name(state));
+    let (enrollment, name) = server::enroll(&host, keys).await?;
+    println!("host: {name}");
+    println!("enrollment: {}", state_name(enrollment.state));
+    println!("attestation key: {}", enrollment.fingerprint);
+    if enrollment.state == HostState::Pending {
+        println!("{}", approval_hint(&name));
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use domfs_proto::agent::agent_server::AgentServer;
 use domfs_proto::client::TlsFiles;
 
 use crate::agent::{Agent, Settings};
-use crate::enroll::{Keys, ensure_enrolled, retry_until_enrolled};
+use crate::enroll::{Enrollment, Keys, ensure_enrolled, retry_until_enrolled};
 use crate::error::AgentError;
 use crate::peer::AccessRule;
 use crate::service::AgentService;
@@ -74,13 +74,12 @@ async fn open_host(config: &HostConfig) -> Result<(Tpm, TtpLink, String), AgentE
     Ok((tpm, ttp, host_name))
 }
 
-/// `domfs-agent enroll`: enrolls (with `Keys::Fresh`, new keys) and returns the state.
-pub async fn enroll(
-    config: &HostConfig,
-    keys: Keys,
-) -> Result<domfs_proto::ttp::HostState, AgentError> {
+/// `domfs-agent enroll`: enrolls (with `Keys::Fresh`, new keys) and returns the outcome
+/// and the host's name.
+pub async fn enroll(config: &HostConfig, keys: Keys) -> Result<(Enrollment, String), AgentError> {
     let (tpm, ttp, host) = open_host(config).await?;
-    ensure_enrolled(&tpm, &ttp, &host, keys).await
+    let enrollment = ensure_enrolled(&tpm, &ttp, &host, keys).await?;
+    Ok((enrollment, host))
 }
 
 /// Resolves `--group`: a group name, or a number.
@@ -143,6 +142,13 @@ pub async fn serve(
         tokio::spawn(async move { retry_until_enrolled(&agent.tpm, &agent.ttp, &host).await })
     });
 
+    if group.is_some() && config.socket_mode & 0o060 != 0o060 {
+        tracing::warn!(
+            mode = format!("{:o}", config.socket_mode),
+            "--group is set but the socket mode does not let the group read and write it \
+             (use --socket-mode 0660)"
+        );
+    }
     let listener = socket::bind(&config.socket, config.socket_mode, group)?;
     let rule = AccessRule {
         own_uid: nix::unistd::getuid().as_raw(),
