@@ -8,11 +8,13 @@ use crate::tpm::TpmError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
-    #[error("{what} {path}: {source}")]
+    // The I/O error is part of the message rather than a `source`, so a printed chain
+    // does not say it twice.
+    #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("another agent is already serving {0} (it accepts connections); stop it first")]
     SocketInUse(PathBuf),
@@ -33,11 +35,11 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         AgentError::Io {
             what,
             path: path.into(),
-            source,
+            error,
         }
     }
 }

@@ -127,6 +127,11 @@ struct StatusArgs {
     json: bool,
 }
 
+/// An error already written to the log (and so to stderr).
+#[derive(Debug, thiserror::Error)]
+#[error("see the log")]
+struct Logged;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -146,7 +151,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("domfs-agent: {e:#}");
+            if e.downcast_ref::<Logged>().is_none() {
+                eprintln!("domfs-agent: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -176,7 +183,11 @@ async fn serve(args: ServeArgs, verbose: u8) -> Result<()> {
         group: args.group,
         grace: Duration::from_secs(args.grace),
     };
-    server::serve(config, shutdown_signal()).await?;
+    if let Err(e) = server::serve(config, shutdown_signal()).await {
+        // Into the log file too; the log also writes it to stderr.
+        tracing::error!("{e}");
+        return Err(Logged.into());
+    }
     Ok(())
 }
 
