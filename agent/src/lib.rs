@@ -17,6 +17,7 @@
 //! - [`tpm`]: the host's TPM through tss-esapi.
 #![deny(unsafe_code)]
 
+pub mod swtpm;
 pub mod tpm;
 
 pub mod agent;
