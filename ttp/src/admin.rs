@@ -10,7 +10,6 @@ use ed25519_dalek::VerifyingKey;
 use crate::core::now_unix;
 use crate::decision_log::{DecisionLog, Subject};
 use crate::error::{Error, Result};
-use crate::leases::RoLeases;
 use crate::records::{DomainRecord, HostRecord, HostState, ManagerRecord, RwLease};
 use crate::registry::{Lookup, Registry};
 use crate::secret::Secret32;
@@ -19,8 +18,6 @@ use crate::state::StateDir;
 pub struct Admin<'a> {
     pub registry: &'a Registry,
     pub state: &'a StateDir,
-    /// The running server's read-only leases, to end them with a revocation or destruction.
-    pub ro_leases: Option<&'a RoLeases>,
     pub log: &'a DecisionLog,
 }
 
@@ -207,8 +204,10 @@ impl Admin<'_> {
         self.logged("admin-approve-host", name, result)
     }
 
-    /// Revokes `name` for good and ends its leases. A name that never enrolled is revoked
-    /// too (a leaked certificate can be revoked before it is ever used).
+    /// Revokes `name` for good. A name that never enrolled is revoked too (a leaked
+    /// certificate can be revoked before it is ever used). Its leases are left to be
+    /// refused at their next renewal (or to expire): a read-write lease freed now could
+    /// be taken by another host while the revoked one still writes.
     pub fn revoke_host(&self, name: &str) -> Result<wire::HostRecord> {
         let result = (|| {
             check_name(name, "host")?;
@@ -226,13 +225,8 @@ impl Admin<'_> {
             host.state = HostState::Revoked;
             host.changed_unix = now;
             write.put_host(name, &host)?;
-            let ended = write.remove_rw_leases_of(name)?;
             write.commit()?;
-            let ro = self.ro_leases.map_or(0, |l| l.remove_host(name));
-            let detail = format!(
-                "revoked; ended {} read-write and {ro} read-only lease(s)",
-                ended.len()
-            );
+            let detail = "revoked; its leases end at their next renewal".to_string();
             Ok((host_record(name, &host), detail))
         })();
         self.logged("admin-revoke-host", name, result)
@@ -253,10 +247,9 @@ impl Admin<'_> {
         let result = (|| {
             let id = parse_domain_id(id_text)?;
             let record = crate::domains::destroy(self.registry, &id)?;
-            let ro = self.ro_leases.map_or(0, |l| l.remove_domain(&id));
             Ok((
                 domain_record(&id, &record, None, now_unix()),
-                format!("destroyed: r erased, {ro} read-only lease(s) ended"),
+                "destroyed: r erased; leases end at their next renewal".to_string(),
             ))
         })();
         let mut subject = Subject::new("admin-destroy-domain", "-");

@@ -92,7 +92,6 @@ impl AdminConnection {
             } => f(&Admin {
                 registry,
                 state,
-                ro_leases: None,
                 log,
             }),
             AdminConnection::Socket(_) => Err(Error::Serve("not a direct connection".into())),

@@ -67,7 +67,6 @@ impl AdminService {
             let admin = Admin {
                 registry: core.registry(),
                 state: core.state(),
-                ro_leases: Some(core.ro_leases()),
                 log: core.decision_log(),
             };
             f(&admin, message)

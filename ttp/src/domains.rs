@@ -215,8 +215,8 @@ pub(crate) fn register(
 }
 
 /// Crypto-shredding: erases r, so K can never be derived again; the record stays, marked
-/// destroyed, so the id is never reused. Ends the read-write lease. Destroying twice is
-/// not an error.
+/// destroyed, so the id is never reused. Leases are refused at their next renewal.
+/// Destroying twice is not an error.
 pub fn destroy(registry: &Registry, id: &DomainId) -> crate::Result<DomainRecord> {
     let write = registry.write()?;
     let mut record = write
@@ -227,7 +227,6 @@ pub fn destroy(registry: &Registry, id: &DomainId) -> crate::Result<DomainRecord
         record.destroyed_unix = now_unix();
         write.put_domain(id, &record)?;
     }
-    write.remove_rw_lease(id)?;
     write.commit()?;
     if let Some(slot) = slot {
         registry.nonces().erase(slot)?;

@@ -20,7 +20,6 @@ use crate::pki::{Peer, Role};
 use crate::records::{HostRecord, HostState};
 use crate::refusal::Refusal;
 use crate::registry::{Lookup, Registry};
-use domfs_proto::acl::DomainId;
 
 pub const NONCE_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_OUTSTANDING: usize = 100_000;
@@ -109,9 +108,9 @@ pub(crate) fn wire_state(state: Option<HostState>) -> WireState {
     }
 }
 
-/// Records a verified enrollment of `name`: pending (a revoked host stays revoked), with
-/// the host's read-write leases ended (they were granted to its previous key). Returns the
-/// record and the domains whose lease ended.
+/// Records a verified enrollment of `name`: pending (a revoked host stays revoked). Leases
+/// granted to its previous key are refused at their next renewal (the host is no longer
+/// approved).
 ///
 /// This is what `Enroll` does once the TPM evidence has verified. Tests and tools that
 /// have no TPM (the TTP's own integration tests) call it directly on a registry with the
@@ -120,7 +119,7 @@ pub fn store_enrollment(
     registry: &Registry,
     name: &str,
     key: EnrolledKey,
-) -> crate::Result<(HostRecord, Vec<DomainId>)> {
+) -> crate::Result<HostRecord> {
     let now = now_unix();
     let write = registry.write()?;
     let state = match write.host(name)?.map(|h| h.state) {
@@ -137,9 +136,8 @@ pub fn store_enrollment(
         changed_unix: now,
     };
     write.put_host(name, &record)?;
-    let ended = write.remove_rw_leases_of(name)?;
     write.commit()?;
-    Ok((record, ended))
+    Ok(record)
 }
 
 impl TtpCore {
@@ -175,19 +173,13 @@ impl TtpCore {
         let nonce = self.enrollment.take(&peer.name, &presented)?;
         let key = crate::attest::verify_enrollment(request, &nonce)
             .map_err(|e| Refusal::denied(e.to_string()))?;
-        let (record, ended) = store_enrollment(&self.registry, &peer.name, key)?;
-        self.ro_leases.remove_host(&peer.name);
+        let record = store_enrollment(&self.registry, &peer.name, key)?;
         let state = record.state;
         let detail = format!(
-            "enrolled as {} (attestation key {}, PCRs {}){}",
+            "enrolled as {} (attestation key {}, PCRs {})",
             state.as_str(),
             record.attestation_key_fingerprint,
             record.pcr_selection,
-            if ended.is_empty() {
-                String::new()
-            } else {
-                format!("; ended {} read-write lease(s)", ended.len())
-            }
         );
         Ok((
             EnrollResponse {

@@ -68,22 +68,6 @@ impl RoLeases {
         self.lock().remove(id)
     }
 
-    /// Drops every lease of `host` (it was revoked or re-enrolled).
-    pub fn remove_host(&self, host: &str) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, l| l.host != host);
-        before - map.len()
-    }
-
-    /// Drops every lease on `domain` (it was destroyed).
-    pub fn remove_domain(&self, domain: &DomainId) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, l| l.domain != *domain);
-        before - map.len()
-    }
-
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -107,12 +91,13 @@ mod tests {
         };
         assert!(leases.insert([1; 16], lease("a", 1), 0).is_ok());
         assert!(leases.insert([2; 16], lease("b", 1), 0).is_ok());
-        assert!(leases.insert([3; 16], lease("a", 2), 0).is_ok());
         assert!(leases.extend(&[1; 16], 200));
         assert_eq!(leases.get(&[1; 16]).map(|l| l.expires_unix), Some(200));
         assert!(!leases.extend(&[9; 16], 200));
-        assert_eq!(leases.remove_host("a"), 2);
-        assert_eq!(leases.remove_domain(&[1; 16]), 1);
-        assert!(leases.is_empty());
+        assert_eq!(
+            leases.remove(&[2; 16]).map(|l| l.host),
+            Some("b".to_string())
+        );
+        assert_eq!(leases.len(), 1);
     }
 }

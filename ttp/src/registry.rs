@@ -304,23 +304,6 @@ impl WriteCtx {
         Ok(())
     }
 
-    /// Removes every read-write lease `host` holds; returns the domains.
-    pub fn remove_rw_leases_of(&self, host: &str) -> Result<Vec<DomainId>> {
-        let mut table = self.txn.open_table(LEASES)?;
-        let mut held = Vec::new();
-        for entry in table.iter()? {
-            let (id, value) = entry?;
-            let id = domain_id(id.value())?;
-            if RwLease::decode(&id, value.value())?.holder == host {
-                held.push(id);
-            }
-        }
-        for id in &held {
-            table.remove(id.as_slice())?;
-        }
-        Ok(held)
-    }
-
     /// Writes raw rows into a table (restoring a backup).
     pub(crate) fn put_raw(&self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
         let text_key = || {
