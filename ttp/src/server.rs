@@ -4,7 +4,8 @@
 //!
 //! Limits: messages of at most [`MAX_MESSAGE_BYTES`] both ways on the TLS port; at most
 //! [`MAX_IN_FLIGHT`] requests in flight in all, [`MAX_STREAMS_PER_CONNECTION`] per
-//! connection; a TLS handshake must finish within 10 s and a request within 30 s.
+//! connection; a TLS handshake must finish within 10 s and a request within 30 s. At
+//! shutdown, open connections get [`SHUTDOWN_GRACE`] to finish.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ use crate::state;
 
 pub const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// How long a shutdown waits for open connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Server {
     core: Arc<TtpCore>,
@@ -126,16 +129,29 @@ impl Server {
 
         let servers = async { tokio::join!(tls_server, admin_server) };
         tokio::pin!(servers);
-        let (tls_result, admin_result) = tokio::select! {
-            results = &mut servers => results,
+        let results = tokio::select! {
+            results = &mut servers => Some(results),
             () = shutdown => {
                 let _ = stop.send(true);
-                servers.await
+                // Connections get GOAWAY and in-flight calls finish; a client that keeps
+                // its connection open does not hold the shutdown up for long.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                    Ok(results) => Some(results),
+                    Err(_) => {
+                        tracing::warn!(
+                            "connections still open {} s after shutdown began; closing them",
+                            SHUTDOWN_GRACE.as_secs()
+                        );
+                        None
+                    }
+                }
             }
         };
         let _ = fs::remove_file(&self.admin_path);
-        tls_result.map_err(|e| Error::Serve(format!("TLS port: {e}")))?;
-        admin_result.map_err(|e| Error::Serve(format!("admin socket: {e}")))?;
+        if let Some((tls_result, admin_result)) = results {
+            tls_result.map_err(|e| Error::Serve(format!("TLS port: {e}")))?;
+            admin_result.map_err(|e| Error::Serve(format!("admin socket: {e}")))?;
+        }
         Ok(())
     }
 }
