@@ -155,10 +155,19 @@ async fn grants_unwrap_to_one_domain_key_and_rw_gets_the_writer_seed() -> anyhow
         .await?
         .into_inner();
     assert_eq!(db1.unwrap(&again.wrapped_keys)?, key);
-    assert!(ttp.log().contains(&format!(
+    let log = ttp.log();
+    assert!(log.contains(&format!(
         "GRANTED op=get-domain-key host=db1 domain={} mode=rw version=1",
         hex::encode(domain.id)
     )));
+    // No key, seed or K_TTP in the log or on stderr.
+    let stderr = std::fs::read_to_string(ttp.dir.path().join("serve.err"))?;
+    let master = std::fs::read(ttp.state.join("master.key"))?;
+    for secret in [&keys[..32], &keys[32..], master.as_slice()] {
+        assert!(!log.contains(&hex::encode(secret)));
+        assert!(!stderr.contains(&hex::encode(secret)));
+    }
+    assert!(stderr.contains("GRANTED op=get-domain-key host=db2"), "{stderr}");
     Ok(())
 }
 
