@@ -13,9 +13,10 @@
 //! - [`core`] with [`enroll`], [`domains`], [`release`]: the decisions, each logged by
 //!   [`decision_log`] and refused with a [`refusal::Refusal`];
 //! - [`service`] and [`admin_service`]: the gRPC services; [`admin`]: the operator's
-//!   commands, over the admin socket or straight on the registry; [`backup`];
+//!   commands, reaching the server over its socket or the registry directly
+//!   ([`admin_client`]); [`backup`];
 //! - [`server`]: `run(listener, shutdown)`, the daemon as a library.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admin_client;

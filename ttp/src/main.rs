@@ -1,6 +1,7 @@
 //! `domfs-ttp`: parse the command line, make one library call, print its result. Exit
 //! status 0 on success, 1 on any error (with one `domfs-ttp: ...` line on stderr), 2 for
 //! usage errors (clap).
+#![forbid(unsafe_code)]
 
 mod cli;
 
