@@ -43,13 +43,53 @@ const DOMAIN: [u8; 16] = *b"ward-records-001";
 /// Short, so renewals happen during the test (at half the lease).
 const LEASE_SECONDS: u32 = 2;
 
-/// A TTP serving on 127.0.0.1, with one registered domain granting HOST read-write.
-struct TestTtp {
+/// The domain manager's key (fixed, so the signed header is the same in every test).
+fn manager() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+/// The volume header's signed message and signature: the list grants HOST read-write.
+fn header() -> (Vec<u8>, Vec<u8>) {
+    let list = AccessList {
+        domain_id: DOMAIN,
+        version: 1,
+        grants: [(HOST.to_string(), Access::ReadWrite)].into(),
+    };
+    let (message, signature) = SignedMessage::new(&list, b"ward 7 records")
+        .unwrap()
+        .sign(&manager());
+    (message, signature.to_vec())
+}
+
+/// The TTP's state directory (K_TTP, CA) and the client identities; no server yet.
+struct TtpFiles {
     _dir: tempfile::TempDir,
+    state: StateDir,
+    host_tls: TlsFiles,
+    manager_tls: TlsFiles,
+}
+
+impl TtpFiles {
+    fn new() -> TtpFiles {
+        domfs_proto::client::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::init(dir.path().join("ttp"), &[]).unwrap();
+        let host_tls = write_identity(dir.path(), HOST, &state, Role::Host);
+        let manager_tls = write_identity(dir.path(), "records-office", &state, Role::Manager);
+        TtpFiles {
+            _dir: dir,
+            state,
+            host_tls,
+            manager_tls,
+        }
+    }
+}
+
+/// A TTP serving on 127.0.0.1, with the domain registered.
+struct TestTtp {
+    files: TtpFiles,
     core: Arc<TtpCore>,
     url: String,
-    host_tls: TlsFiles,
-    header: (Vec<u8>, Vec<u8>),
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -68,18 +108,16 @@ fn write_identity(dir: &Path, name: &str, state: &StateDir, role: Role) -> TlsFi
 
 impl TestTtp {
     async fn start() -> TestTtp {
-        domfs_proto::client::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::init(dir.path().join("ttp"), &[]).unwrap();
-        let host_tls = write_identity(dir.path(), HOST, &state, Role::Host);
-        let manager_tls = write_identity(dir.path(), "records-office", &state, Role::Manager);
+        TestTtp::serve(TtpFiles::new(), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn serve(files: TtpFiles, listen: SocketAddr) -> TestTtp {
         let config = CoreConfig {
-            state: state.clone(),
+            state: files.state.clone(),
             lease_seconds: LEASE_SECONDS,
             log_file: None,
             echo: false,
         };
-        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let server = Server::bind(&config, listen).await.unwrap();
         let url = format!("https://{}", server.local_addr());
         let core = server.core().clone();
@@ -87,39 +125,33 @@ impl TestTtp {
         tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-
-        // The domain manager registers the domain, as `domfs create --ttp` does.
-        let manager = SigningKey::from_bytes(&[7; 32]);
-        let mut ttp = TestTtp {
-            _dir: dir,
+        let ttp = TestTtp {
+            files,
             core,
             url,
-            host_tls,
-            header: (Vec::new(), Vec::new()),
             stop: Some(stop),
         };
+
+        // The domain manager registers the domain, as `domfs create --ttp` does.
+        let manager = manager();
         ttp.admin()
             .add_manager("records-office", manager.verifying_key().as_bytes())
             .unwrap();
-        let list = AccessList {
-            domain_id: DOMAIN,
-            version: 1,
-            grants: [(HOST.to_string(), Access::ReadWrite)].into(),
-        };
-        let (message, signature) = SignedMessage::new(&list, b"ward 7 records")
-            .unwrap()
-            .sign(&manager);
-        let mut client = connect_ttp(&ttp.url, &manager_tls).await.unwrap();
+        let (signed_message, signature) = header();
+        let mut client = connect_ttp(&ttp.url, &ttp.files.manager_tls).await.unwrap();
         client
             .register_domain(RegisterDomainRequest {
-                signed_message: message.clone(),
-                signature: signature.to_vec(),
+                signed_message,
+                signature,
                 manager_key: manager.verifying_key().as_bytes().to_vec(),
             })
             .await
             .unwrap();
-        ttp.header = (message, signature.to_vec());
         ttp
+    }
+
+    fn host_tls(&self) -> &TlsFiles {
+        &self.files.host_tls
     }
 
     fn admin(&self) -> Admin<'_> {
@@ -147,13 +179,13 @@ fn swtpm() -> Swtpm {
 
 async fn get(
     client: &mut AgentClient<tonic::transport::Channel>,
-    ttp: &TestTtp,
     mode: Mode,
 ) -> Result<GetDomainKeyResponse, tonic::Status> {
+    let (signed_message, signature) = header();
     client
         .get_domain_key(GetDomainKeyRequest {
-            signed_message: ttp.header.0.clone(),
-            signature: ttp.header.1.clone(),
+            signed_message,
+            signature,
             mode: mode as i32,
             mount_point: "/srv/ward7".into(),
         })
@@ -181,7 +213,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
         pcrs: "sha256:16".parse().unwrap(),
     })
     .unwrap();
-    let link = TtpLink::new(&ttp.url, &ttp.host_tls).unwrap();
+    let link = TtpLink::new(&ttp.url, ttp.host_tls()).unwrap();
 
     // Enrollment: new TPM keys, accepted by the TTP's evidence check, pending approval.
     let enrollment = ensure_enrolled(&tpm, &link, HOST, Keys::IfNeeded)
@@ -210,7 +242,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
     let mut client = connect_agent(&socket).await.unwrap();
 
     // Not approved yet: a clear refusal.
-    let status = get(&mut client, &ttp, Mode::Best).await.unwrap_err();
+    let status = get(&mut client, Mode::Best).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(
         status.message(),
@@ -220,7 +252,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
 
     // Approved: BEST gets read-write, with a writer key pair that belongs together.
     ttp.admin().approve_host(HOST).unwrap();
-    let first = get(&mut client, &ttp, Mode::Best).await.unwrap();
+    let first = get(&mut client, Mode::Best).await.unwrap();
     assert_eq!(first.granted_mode, Mode::ReadWrite as i32);
     assert_eq!(first.domain_key.len(), 32);
     let writer = SigningKey::from_bytes(&first.writer_secret.clone().try_into().unwrap());
@@ -231,7 +263,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
     assert_eq!(first.access_list_version, 1);
 
     // A second request is served from the cache: same lease.
-    let second = get(&mut client, &ttp, Mode::ReadWrite).await.unwrap();
+    let second = get(&mut client, Mode::ReadWrite).await.unwrap();
     assert_eq!(second.lease_id, first.lease_id);
     assert_eq!(second.domain_key, first.domain_key);
     let status = client.status(StatusRequest {}).await.unwrap().into_inner();
@@ -264,7 +296,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
     release(&mut client, &first.lease_id).await;
     let status = client.status(StatusRequest {}).await.unwrap().into_inner();
     assert!(status.leases.is_empty());
-    let again = get(&mut client, &ttp, Mode::ReadWrite).await.unwrap();
+    let again = get(&mut client, Mode::ReadWrite).await.unwrap();
     assert_ne!(again.lease_id, first.lease_id);
     assert_eq!(again.domain_key, first.domain_key);
     assert_eq!(again.writer_secret, first.writer_secret);
@@ -276,7 +308,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
         .extend_pcr(16, b"an unexpected boot component")
         .unwrap();
     for _ in 0..2 {
-        let status = get(&mut client, &ttp, Mode::ReadWrite).await.unwrap_err();
+        let status = get(&mut client, Mode::ReadWrite).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
         assert!(
             status
@@ -292,7 +324,7 @@ async fn keys_flow_from_the_ttp_through_the_tpm_to_a_mount() {
         .unwrap();
     assert_eq!(enrollment.state, HostState::Pending);
     ttp.admin().approve_host(HOST).unwrap();
-    let after = get(&mut client, &ttp, Mode::Best).await.unwrap();
+    let after = get(&mut client, Mode::Best).await.unwrap();
     assert_eq!(after.domain_key, first.domain_key);
 
     // Revocation at the TTP ends the lease at its next renewal.
@@ -338,21 +370,23 @@ impl Drop for ServeProcess {
 }
 
 fn serve(ttp: &TestTtp, swtpm: &Swtpm, state: &Path, socket: &Path) -> ServeProcess {
-    let tls = &ttp.host_tls;
+    serve_with(&ttp.url, ttp.host_tls(), swtpm, state, socket)
+}
+
+fn serve_with(
+    url: &str,
+    tls: &TlsFiles,
+    swtpm: &Swtpm,
+    state: &Path,
+    socket: &Path,
+) -> ServeProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_domfs-agent"))
         .arg("serve")
         .arg("--state")
         .arg(state)
         .arg("--socket")
         .arg(socket)
-        .args([
-            "--ttp",
-            &ttp.url,
-            "--tcti",
-            &swtpm.tcti(),
-            "--pcrs",
-            "sha256:16",
-        ])
+        .args(["--ttp", url, "--tcti", &swtpm.tcti(), "--pcrs", "sha256:16"])
         .arg("--tls-ca")
         .arg(&tls.ca)
         .arg("--tls-cert")
@@ -407,7 +441,7 @@ async fn the_serve_command_enrolls_serves_and_stops_cleanly() {
     assert_eq!(json["enrollment"], "approved");
 
     let mut client = connect_agent(&socket).await.unwrap();
-    let grant = get(&mut client, &ttp, Mode::Best).await.unwrap();
+    let grant = get(&mut client, Mode::Best).await.unwrap();
     assert_eq!(grant.granted_mode, Mode::ReadWrite as i32);
     let log = log_of(&state);
     assert!(log.contains("key granted"), "{log}");
@@ -422,4 +456,74 @@ async fn the_serve_command_enrolls_serves_and_stops_cleanly() {
     assert!(exit.success(), "{exit:?}; log:\n{}", log_of(&state));
     assert!(!socket.exists(), "the socket is removed at exit");
     assert!(log_of(&state).contains("agent stopped"));
+}
+
+/// A free loopback port (free when this returns; the test takes it soon after).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_goes_on_without_the_ttp_and_enrolls_once_it_answers() {
+    // The TTP's certificates exist, but the TTP is not running yet.
+    let files = TtpFiles::new();
+    let address = free_port();
+    let url = format!("https://{address}");
+    let swtpm = swtpm();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("agent.sock");
+    let mut agent = serve_with(&url, &files.host_tls, &swtpm, &state, &socket);
+    let mut line = String::new();
+    tokio::task::block_in_place(|| agent.stdout.read_line(&mut line)).unwrap();
+    assert!(
+        line.starts_with("domfs-agent: serving"),
+        "{line:?}; log:\n{}",
+        log_of(&state)
+    );
+    assert!(
+        log_of(&state).contains("serving anyway"),
+        "{}",
+        log_of(&state)
+    );
+
+    let mut client = connect_agent(&socket).await.unwrap();
+    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.enrollment, "unreachable");
+    assert!(!status.ttp_reachable);
+    let refused = get(&mut client, Mode::Best).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("cannot be reached"),
+        "{refused:?}"
+    );
+
+    // The TTP comes up on the address the agent was given: the agent enrolls by itself
+    // (its first retry is 5 s after start).
+    let ttp = TestTtp::serve(files, address).await;
+    let mut enrolled = false;
+    for _ in 0..300 {
+        if ttp
+            .admin()
+            .list_hosts()
+            .unwrap()
+            .iter()
+            .any(|h| h.name == HOST)
+        {
+            enrolled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        enrolled,
+        "the agent did not enroll; log:\n{}",
+        log_of(&state)
+    );
+    ttp.admin().approve_host(HOST).unwrap();
+    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.enrollment, "approved");
+    let grant = get(&mut client, Mode::Best).await.unwrap();
+    assert_eq!(grant.granted_mode, Mode::ReadWrite as i32);
 }
