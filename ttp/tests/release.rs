@@ -167,7 +167,10 @@ async fn grants_unwrap_to_one_domain_key_and_rw_gets_the_writer_seed() -> anyhow
         assert!(!log.contains(&hex::encode(secret)));
         assert!(!stderr.contains(&hex::encode(secret)));
     }
-    assert!(stderr.contains("GRANTED op=get-domain-key host=db2"), "{stderr}");
+    assert!(
+        stderr.contains("GRANTED op=get-domain-key host=db2"),
+        "{stderr}"
+    );
     Ok(())
 }
 
