@@ -94,28 +94,64 @@ pub fn acquire(
     Ok(granted)
 }
 
+/// Why asking failed: the policy said no (the lease is over for good), or something that
+/// may pass (the agent restarting, our own read-write lease not yet expired at the TTP).
+enum AskFailure {
+    Denied(String),
+    Other(anyhow::Error),
+}
+
 async fn ask(lease: &mut Lease, want: Want) -> Result<Granted> {
-    let mut agent = connect_agent(&lease.socket).await.with_context(|| {
-        format!(
-            "cannot reach the domfs agent at {} (is `domfs-agent serve` running? --agent SOCKET names another socket)",
-            lease.socket.display()
-        )
-    })?;
-    let mut reply = agent
+    ask_once(lease, want)
+        .await
+        .map_err(|failure| match failure {
+            AskFailure::Denied(text) => KeyRefused(text).into(),
+            AskFailure::Other(e) => e,
+        })
+}
+
+async fn ask_once(lease: &mut Lease, want: Want) -> Result<Granted, AskFailure> {
+    let mut agent = connect_agent(&lease.socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the domfs agent at {} (is `domfs-agent serve` running? --agent SOCKET names another socket)",
+                lease.socket.display()
+            )
+        })
+        .map_err(AskFailure::Other)?;
+    let reply = agent
         .get_domain_key(GetDomainKeyRequest {
             signed_message: lease.signed_message.clone(),
             signature: lease.signature.clone(),
             mode: want.mode() as i32,
             mount_point: lease.mountpoint.clone(),
         })
-        .await
-        .map_err(|status| {
-            KeyRefused(format!(
+        .await;
+    let mut reply = match reply {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            let text = format!(
                 "the agent did not release the key: {}",
                 describe_status(&status)
-            ))
-        })?
-        .into_inner();
+            );
+            return Err(match status.code() {
+                tonic::Code::PermissionDenied => AskFailure::Denied(text),
+                // Not the policy's no: the agent is starting, the TTP unreachable, our
+                // own read-write lease still live at the TTP, … The first mount reports
+                // it as a refusal all the same (exit 3).
+                _ => AskFailure::Other(KeyRefused(text).into()),
+            });
+        }
+    };
+    granted(lease, want, &mut reply).map_err(AskFailure::Other)
+}
+
+fn granted(
+    lease: &mut Lease,
+    want: Want,
+    reply: &mut domfs_proto::agent::GetDomainKeyResponse,
+) -> Result<Granted> {
     let key = DomainKey::from_bytes(&reply.domain_key);
     reply.domain_key.zeroize();
     let read_only = match Mode::try_from(reply.granted_mode) {
@@ -132,7 +168,7 @@ async fn ask(lease: &mut Lease, want: Want) -> Result<Granted> {
         WriterKeys::signer(&reply.writer_secret, &reply.writer_public_key)
     };
     reply.writer_secret.zeroize();
-    lease.id = reply.lease_id;
+    lease.id = std::mem::take(&mut reply.lease_id);
     lease.seconds = reply.lease_seconds;
     lease.again = if read_only {
         Want::ReadOnly
@@ -187,7 +223,7 @@ async fn watch(mut lease: Lease, fs: &Filesystem) -> String {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             let again = lease.again;
-            match ask(&mut lease, again).await {
+            match ask_once(&mut lease, again).await {
                 Ok(granted) => {
                     // Same domain, same key: nothing else to do than to follow the new lease.
                     drop(granted.key);
@@ -195,10 +231,8 @@ async fn watch(mut lease: Lease, fs: &Filesystem) -> String {
                     tracing::info!("the agent granted a new lease");
                     break;
                 }
-                Err(e) if e.downcast_ref::<KeyRefused>().is_some() => {
-                    return format!("{e:#}");
-                }
-                Err(e) => tracing::warn!("{e:#}"),
+                Err(AskFailure::Denied(why)) => return why,
+                Err(AskFailure::Other(e)) => tracing::warn!("{e:#}"),
             }
         }
     }
