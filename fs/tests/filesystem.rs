@@ -126,7 +126,7 @@ fn names_links_and_renames_follow_posix() {
 
     fs.link(a.ino, ROOT_INO, b"b").expect("hard link");
     assert_eq!(fs.getattr(a.ino).expect("a").inode.nlink, 2);
-    fs.unlink(ROOT_INO, b"a").expect("unlink a");
+    fs.unlink(ROOT_INO, b"a", ME).expect("unlink a");
     assert_eq!(fs.getattr(a.ino).expect("b").inode.nlink, 1);
 
     let d1 = fs.mkdir(ROOT_INO, b"d1", 0o755, ME).expect("d1");
@@ -135,10 +135,10 @@ fn names_links_and_renames_follow_posix() {
     assert_eq!(fs.getattr(d1.ino).expect("d1").inode.nlink, 3);
     // A directory cannot move into itself.
     assert_eq!(
-        posix(fs.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameFlags::default())),
+        posix(fs.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameFlags::default(), ME)),
         Posix::Invalid
     );
-    fs.rename(d1.ino, b"sub", d2.ino, b"sub", RenameFlags::default())
+    fs.rename(d1.ino, b"sub", d2.ino, b"sub", RenameFlags::default(), ME)
         .expect("move dir");
     assert_eq!(fs.getattr(d1.ino).expect("d1").inode.nlink, 2);
     assert_eq!(fs.getattr(d2.ino).expect("d2").inode.nlink, 3);
@@ -146,7 +146,7 @@ fn names_links_and_renames_follow_posix() {
     // Rename over an existing file replaces it atomically.
     let c = fs.mknod(ROOT_INO, b"c", S_IFREG | 0o644, 0, ME).expect("c");
     fs.write(c.ino, 0, b"new").expect("write");
-    fs.rename(ROOT_INO, b"c", ROOT_INO, b"b", RenameFlags::default())
+    fs.rename(ROOT_INO, b"c", ROOT_INO, b"b", RenameFlags::default(), ME)
         .expect("rename over");
     let b = fs.lookup(ROOT_INO, b"b").expect("b");
     assert_eq!(b.ino, c.ino);
@@ -161,26 +161,26 @@ fn names_links_and_renames_follow_posix() {
         exchange: false,
     };
     assert_eq!(
-        posix(fs.rename(ROOT_INO, b"e", ROOT_INO, b"b", no_replace)),
+        posix(fs.rename(ROOT_INO, b"e", ROOT_INO, b"b", no_replace, ME)),
         Posix::Exists
     );
     let exchange = RenameFlags {
         no_replace: false,
         exchange: true,
     };
-    fs.rename(ROOT_INO, b"e", d2.ino, b"sub", exchange)
+    fs.rename(ROOT_INO, b"e", d2.ino, b"sub", exchange, ME)
         .expect("exchange");
     assert_eq!(fs.lookup(ROOT_INO, b"e").expect("e").ino, sub.ino);
     assert_eq!(fs.getattr(sub.ino).expect("sub").inode.parent, ROOT_INO);
     // Directories: rmdir of a non-empty one fails, unlink of a directory fails.
     fs.mknod(d2.ino, b"f", S_IFREG, 0, ME).expect("f");
-    assert_eq!(posix(fs.rmdir(ROOT_INO, b"d2")), Posix::NotEmpty);
-    assert_eq!(posix(fs.unlink(ROOT_INO, b"d2")), Posix::IsDirectory);
-    assert_eq!(posix(fs.rmdir(ROOT_INO, b"b")), Posix::NotDirectory);
-    fs.unlink(d2.ino, b"f").expect("unlink f");
-    fs.unlink(d2.ino, b"sub")
+    assert_eq!(posix(fs.rmdir(ROOT_INO, b"d2", ME)), Posix::NotEmpty);
+    assert_eq!(posix(fs.unlink(ROOT_INO, b"d2", ME)), Posix::IsDirectory);
+    assert_eq!(posix(fs.rmdir(ROOT_INO, b"b", ME)), Posix::NotDirectory);
+    fs.unlink(d2.ino, b"f", ME).expect("unlink f");
+    fs.unlink(d2.ino, b"sub", ME)
         .expect("unlink the exchanged file");
-    fs.rmdir(ROOT_INO, b"d2").expect("rmdir");
+    fs.rmdir(ROOT_INO, b"d2", ME).expect("rmdir");
     // Symlinks and FIFOs.
     let l = fs
         .symlink(ROOT_INO, b"link", b"/etc/hostname", ME)
@@ -213,12 +213,12 @@ fn truncate_and_fallocate_keep_contents_right() {
         size: Some(5000),
         ..SetAttr::default()
     };
-    fs.setattr(f.ino, shrink).expect("shrink");
+    fs.setattr(f.ino, shrink, ME).expect("shrink");
     let grow = SetAttr {
         size: Some(12_000),
         ..SetAttr::default()
     };
-    fs.setattr(f.ino, grow).expect("grow");
+    fs.setattr(f.ino, grow, ME).expect("grow");
     let data = fs.read(f.ino, 0, 20_000).expect("read");
     assert_eq!(data.len(), 12_000);
     assert!(data[..5000].iter().all(|&b| b == 7));
@@ -231,13 +231,13 @@ fn truncate_and_fallocate_keep_contents_right() {
         size: Some(1 << 40),
         ..SetAttr::default()
     };
-    let e = fs.setattr(f.ino, huge).expect("huge truncate");
+    let e = fs.setattr(f.ino, huge, ME).expect("huge truncate");
     assert!(e.inode.blocks < 8);
     let too_big = SetAttr {
         size: Some(u64::MAX / 2),
         ..SetAttr::default()
     };
-    assert_eq!(posix(fs.setattr(f.ino, too_big)), Posix::FileTooLarge);
+    assert_eq!(posix(fs.setattr(f.ino, too_big, ME)), Posix::FileTooLarge);
     // fallocate mode 0 extends; punching a hole zeroes.
     let g = fs.mknod(ROOT_INO, b"g", S_IFREG | 0o644, 0, ME).expect("g");
     fs.fallocate(g.ino, 0, 100_000, 0).expect("fallocate");
@@ -268,7 +268,7 @@ fn unlinked_open_files_live_until_released_and_orphans_are_freed_at_mount() {
             .expect("create");
         fs.opened(f.ino);
         fs.write(f.ino, 0, &[9u8; 1 << 20]).expect("write");
-        fs.unlink(ROOT_INO, b"tmp").expect("unlink");
+        fs.unlink(ROOT_INO, b"tmp", ME).expect("unlink");
         assert_eq!(fs.read(f.ino, 0, 4).expect("read via handle"), [9, 9, 9, 9]);
         fs.sync().expect("sync");
         // Crash with the file still open.
@@ -332,7 +332,7 @@ fn a_full_volume_refuses_before_changing_anything() {
     let fs = open(&vol);
     let data = fs.read(f.ino, written - 10, 10).expect("read tail");
     assert_eq!(data, vec![3u8; 10]);
-    fs.unlink(ROOT_INO, b"big").expect("unlink");
+    fs.unlink(ROOT_INO, b"big", ME).expect("unlink");
     fs.sync().expect("sync");
     fs.mknod(ROOT_INO, b"after", S_IFREG | 0o644, 0, ME)
         .expect("space is back");

@@ -4,7 +4,7 @@ use super::alloc::AllocIo;
 use super::bmap::MAX_FILE_BLOCKS;
 use super::inode::{Inode, S_IFMT, Timestamp};
 use super::state::State;
-use super::{BlockIo, Entry, Filesystem};
+use super::{BlockIo, Caller, Entry, Filesystem};
 use crate::Result;
 use crate::error::Posix;
 use crate::types::BLOCK_SIZE;
@@ -97,7 +97,7 @@ impl Filesystem {
         })
     }
 
-    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Entry> {
+    pub fn setattr(&self, ino: u64, set: SetAttr, _caller: Caller) -> Result<Entry> {
         if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
             return Err(Posix::FileTooLarge.into());
         }

@@ -280,15 +280,17 @@ impl Filesystem {
         })
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.remove(parent, name, false)
+    /// Removes a name. `caller` is who asks (recorded when the content is kept).
+    pub fn unlink(&self, parent: u64, name: &[u8], caller: Caller) -> Result<()> {
+        self.remove(parent, name, false, caller)
     }
 
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.remove(parent, name, true)
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &[u8], caller: Caller) -> Result<()> {
+        self.remove(parent, name, true, caller)
     }
 
-    fn remove(&self, parent: u64, name: &[u8], directory: bool) -> Result<()> {
+    fn remove(&self, parent: u64, name: &[u8], directory: bool, _caller: Caller) -> Result<()> {
         if name.len() > 255 {
             return Err(Posix::NameTooLong.into());
         }
@@ -325,6 +327,7 @@ impl Filesystem {
         new_parent: u64,
         new_name: &[u8],
         flags: RenameFlags,
+        _caller: Caller,
     ) -> Result<()> {
         check_name(new_name)?;
         if name.len() > 255 {

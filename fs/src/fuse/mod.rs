@@ -245,7 +245,7 @@ impl fuser::Filesystem for DomFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -270,7 +270,7 @@ impl fuser::Filesystem for DomFuse {
             mtime: mtime.map(time_set),
             ctime: ctime.map(kernel_time),
         };
-        match self.fs.setattr(ino.0, set) {
+        match self.fs.setattr(ino.0, set, caller(req)) {
             Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
             Err(e) => reply.error(errno("setattr", ino.0, &e)),
         }
@@ -317,13 +317,13 @@ impl fuser::Filesystem for DomFuse {
         reply_entry(reply, result, "mkdir", parent.0);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.fs.unlink(parent.0, name_bytes(name));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.unlink(parent.0, name_bytes(name), caller(req));
         reply_empty(reply, result, "unlink", parent.0);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.fs.rmdir(parent.0, name_bytes(name));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.rmdir(parent.0, name_bytes(name), caller(req));
         reply_empty(reply, result, "rmdir", parent.0);
     }
 
@@ -346,7 +346,7 @@ impl fuser::Filesystem for DomFuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -371,6 +371,7 @@ impl fuser::Filesystem for DomFuse {
             newparent.0,
             name_bytes(newname),
             flags,
+            caller(req),
         );
         reply_empty(reply, result, "rename", parent.0);
     }
