@@ -52,6 +52,17 @@ pub struct Mapped {
     pub allocated: u64,
 }
 
+/// What [`BlockMap::move_range`] did, in blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Data blocks moved.
+    pub data: u64,
+    /// Indirect blocks the destination allocated.
+    pub allocated: u64,
+    /// Indirect blocks the source freed.
+    pub freed: u64,
+}
+
 /// File blocks covered by a subtree of height `level`.
 fn span(level: u8) -> u64 {
     1u64 << (SHIFT * u32::from(level.min(MAX_HEIGHT)))
@@ -176,12 +187,14 @@ fn free_one(io: &dyn BlockIo, alloc: &mut dyn BlockAlloc, block: u64) -> Result<
     Ok(1)
 }
 
-/// Frees a subtree bottom-up; returns the number of blocks freed.
+/// Frees a subtree bottom-up (with `keep_data`, only its indirect blocks); returns the
+/// number of blocks freed.
 fn free_tree(
     io: &dyn BlockIo,
     alloc: &mut dyn BlockAlloc,
     block: u64,
     level: u8,
+    keep_data: bool,
     ancestors: &mut Vec<u64>,
 ) -> Result<u64> {
     let mut n = 0u64;
@@ -190,9 +203,11 @@ fn free_tree(
         ancestors.push(block);
         for (_, e) in node.entries() {
             check_entry(e, ancestors)?;
-            n = n.saturating_add(free_tree(io, alloc, e, level - 1, ancestors)?);
+            n = n.saturating_add(free_tree(io, alloc, e, level - 1, keep_data, ancestors)?);
         }
         ancestors.pop();
+    } else if keep_data {
+        return Ok(0);
     }
     Ok(n.saturating_add(free_one(io, alloc, block)?))
 }
@@ -308,6 +323,40 @@ impl BlockMap {
         index: u64,
         hint: u64,
     ) -> Result<Mapped> {
+        self.map_index(io, alloc, index, hint, None)
+    }
+
+    /// Maps file block `index`, a hole, to `block`, a data block the caller already owns
+    /// (it moves from another map: no data is copied). Allocates indirect blocks as
+    /// needed; returns how many. A mapped `index` is an error.
+    pub fn set(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        index: u64,
+        block: u64,
+    ) -> Result<u64> {
+        if block == 0 {
+            return Err(corrupt("mapping a file block to block 0".into()));
+        }
+        let mapped = self.map_index(io, alloc, index, block, Some(block))?;
+        if mapped.block != block {
+            return Err(corrupt(format!(
+                "file block {index} is already mapped (to {})",
+                mapped.block
+            )));
+        }
+        Ok(mapped.allocated)
+    }
+
+    fn map_index(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        index: u64,
+        hint: u64,
+        given: Option<u64>,
+    ) -> Result<Mapped> {
         self.check()?;
         if index >= MAX_FILE_BLOCKS {
             return Err(Posix::FileTooLarge.into());
@@ -373,7 +422,10 @@ impl BlockMap {
             parent = take(io, alloc, &mut got, parent)?;
             path.push(parent);
         }
-        let data = take(io, alloc, &mut got, hint)?;
+        let data = match given {
+            Some(block) => block,
+            None => take(io, alloc, &mut got, hint)?,
+        };
 
         // Write the new indirect blocks bottom-up, so each points only at written blocks.
         let mut child = data;
@@ -411,7 +463,7 @@ impl BlockMap {
         }
         Ok(Mapped {
             block: data,
-            fresh: true,
+            fresh: given.is_none(),
             allocated,
         })
     }
@@ -426,6 +478,58 @@ impl BlockMap {
         alloc: &mut dyn BlockAlloc,
         start: u64,
         end: u64,
+    ) -> Result<u64> {
+        self.unmap(io, alloc, start, end, false)
+    }
+
+    /// Like [`BlockMap::punch`], except that the data blocks are neither discarded nor
+    /// freed: they stay allocated, to be mapped elsewhere ([`BlockMap::set`]). Returns the
+    /// number of indirect blocks freed.
+    pub fn detach(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        start: u64,
+        end: u64,
+    ) -> Result<u64> {
+        self.unmap(io, alloc, start, end, true)
+    }
+
+    /// Moves the data blocks of `[start, end)` to `dest` at the same indices (holes
+    /// there), without copying data: `dest` gets the indirect blocks it needs, `self`
+    /// frees those left all holes.
+    pub fn move_range(
+        &mut self,
+        dest: &mut BlockMap,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        start: u64,
+        end: u64,
+    ) -> Result<Moved> {
+        let mut blocks = Vec::new();
+        self.for_each_in(io, start, end, &mut |index, block| {
+            blocks.push((index, block));
+            Ok(())
+        })?;
+        let mut moved = Moved {
+            data: blocks.len() as u64,
+            ..Moved::default()
+        };
+        // Unlink first, so a failure never leaves a block mapped twice.
+        moved.freed = self.detach(io, alloc, start, end)?;
+        for (index, block) in blocks {
+            moved.allocated += dest.set(io, alloc, index, block)?;
+        }
+        Ok(moved)
+    }
+
+    fn unmap(
+        &mut self,
+        io: &dyn BlockIo,
+        alloc: &mut dyn BlockAlloc,
+        start: u64,
+        end: u64,
+        keep_data: bool,
     ) -> Result<u64> {
         self.check()?;
         let cap = span(self.height);
@@ -453,7 +557,10 @@ impl BlockMap {
         for d in doomed {
             freed = freed.saturating_add(match d {
                 Doomed::One(b) => free_one(io, alloc, b)?,
-                Doomed::Tree(b, level) => free_tree(io, alloc, b, level, &mut ancestors)?,
+                Doomed::Tree(_, 0) if keep_data => 0,
+                Doomed::Tree(b, level) => {
+                    free_tree(io, alloc, b, level, keep_data, &mut ancestors)?
+                }
             });
         }
         Ok(freed)
@@ -487,6 +594,23 @@ impl BlockMap {
         })
     }
 
+    /// Calls `f(index, block)` for every mapped data block with index in `[start, end)`,
+    /// in index order, visiting only the subtrees that overlap the range.
+    pub fn for_each_in(
+        &self,
+        io: &dyn BlockIo,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        self.check()?;
+        if self.root == 0 || start >= end.min(span(self.height)) {
+            return Ok(());
+        }
+        let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
+        walk_range(io, self.root, self.height, 0, start, end, &mut ancestors, f)
+    }
+
     /// Calls `f(block, is_indirect)` for every block the map owns (indirect blocks before
     /// their children).
     pub fn for_each_block(
@@ -509,6 +633,38 @@ impl BlockMap {
         let mut ancestors = Vec::with_capacity(usize::from(MAX_HEIGHT));
         walk_node(io, self.root, self.height, 0, &mut ancestors, f)
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_range(
+    io: &dyn BlockIo,
+    block: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+    ancestors: &mut Vec<u64>,
+    f: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    if level == 0 {
+        return f(base, block);
+    }
+    let node = Node::read(io, block)?;
+    let child_span = span(level - 1);
+    ancestors.push(block);
+    for (i, e) in node.entries() {
+        let child_base = base.saturating_add((i as u64).saturating_mul(child_span));
+        if child_base.saturating_add(child_span) <= start {
+            continue;
+        }
+        if child_base >= end {
+            break;
+        }
+        check_entry(e, ancestors)?;
+        walk_range(io, e, level - 1, child_base, start, end, ancestors, f)?;
+    }
+    ancestors.pop();
+    Ok(())
 }
 
 fn walk_node(
@@ -970,6 +1126,80 @@ mod tests {
             let _ = map.for_each_block(&io, &mut |_, _| Ok(()));
             let _ = map.get_or_alloc(&io, &mut alloc, rng.random_range(0..MAX_FILE_BLOCKS), 0);
             let _ = map.punch(&io, &mut alloc, rng.random(), u64::MAX);
+        }
+    }
+
+    #[test]
+    fn move_range_moves_blocks_without_copying() {
+        for seed in 0..8u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (io, mut alloc) = (MemIo::default(), MemAlloc::default());
+            let mut src = BlockMap::default();
+            let mut model = BTreeMap::new();
+            for _ in 0..rng.random_range(1..400) {
+                let index = random_index(&mut rng);
+                let m = src.get_or_alloc(&io, &mut alloc, index, 0).unwrap();
+                io.write_block(m.block, &[index as u8; BLOCK_SIZE]).unwrap();
+                model.insert(index, m.block);
+            }
+            let keys: Vec<u64> = model.keys().copied().collect();
+            let start = keys[rng.random_range(0..keys.len())] + u64::from(rng.random_bool(0.3));
+            let end = if rng.random_bool(0.5) {
+                u64::MAX
+            } else {
+                start + rng.random_range(0..1_000_000_000)
+            };
+            let mut in_range = Vec::new();
+            src.for_each_in(&io, start, end, &mut |i, b| {
+                in_range.push((i, b));
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<(u64, u64)> = model.range(start..end).map(|(&i, &b)| (i, b)).collect();
+            assert_eq!(in_range, want);
+            let data_before = alloc.used.len();
+            let mut dest = BlockMap::default();
+            let moved = src
+                .move_range(&mut dest, &io, &mut alloc, start, end)
+                .unwrap();
+            assert_eq!(moved.data, want.len() as u64);
+            assert_eq!(
+                alloc.used.len() as u64,
+                data_before as u64 + moved.allocated - moved.freed
+            );
+            let mut got_dest = Vec::new();
+            dest.for_each(&io, &mut |i, b| {
+                got_dest.push((i, b));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got_dest, want, "seed {seed}");
+            for (i, b) in &got_dest {
+                let mut block = [0u8; BLOCK_SIZE];
+                io.read_block(*b, &mut block).unwrap();
+                assert_eq!(block[0], *i as u8, "data moved intact");
+            }
+            let rest: BTreeMap<u64, u64> = model
+                .iter()
+                .filter(|(i, _)| !(start..end).contains(*i))
+                .map(|(&i, &b)| (i, b))
+                .collect();
+            let mut got_src = Vec::new();
+            src.for_each(&io, &mut |i, b| {
+                got_src.push((i, b));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got_src, rest.into_iter().collect::<Vec<_>>());
+            let mut all = owned(&src, &io);
+            let d = owned(&dest, &io);
+            assert!(all.is_disjoint(&d));
+            all.extend(d);
+            assert_eq!(all, alloc.used, "every allocated block owned by one map");
+            // set refuses a mapped index.
+            if let Some(&(i, _)) = got_dest.first() {
+                assert!(dest.set(&io, &mut alloc, i, 999_999).is_err());
+            }
         }
     }
 }
