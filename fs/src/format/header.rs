@@ -36,7 +36,8 @@
 //!
 //! Extension kinds with the high bit set (≥ 0x8000) are critical: a reader that does not
 //! know one refuses the header. Unknown non-critical kinds are kept and written back
-//! unchanged. No kinds are defined yet.
+//! unchanged. Defined kinds: 0x8001, the retention policy of hidden versions (critical;
+//! see [`super::retention`]), whose data must decode for the header to be valid.
 //!
 //! Decoding is strict: the magic, then the version (so a newer format is reported as such,
 //! whatever its layout), then the record length, then the checksum, and only then the
@@ -65,8 +66,8 @@ pub const MAX_EXTENSIONS: usize = 64;
 pub const MAX_EXTENSION_LEN: usize = 8 * 1024;
 /// Extension kinds with this bit set must be understood by the reader.
 pub const CRITICAL_EXTENSION: u16 = 0x8000;
-/// The extension kinds this build understands (none yet).
-const KNOWN_EXTENSIONS: &[u16] = &[];
+/// The extension kinds this build understands.
+const KNOWN_EXTENSIONS: &[u16] = &[super::retention::RETENTION_EXTENSION];
 const CHECKSUM_LEN: usize = 32;
 /// Where the record length sits (after the magic and the version).
 const LENGTH_FIELD_OFFSET: usize = 12;
@@ -351,6 +352,9 @@ impl DomainHeader {
             }
             if ext.is_critical() && !KNOWN_EXTENSIONS.contains(&ext.kind) {
                 return Err(format!("unknown critical extension {:#06x}", ext.kind));
+            }
+            if ext.kind == super::retention::RETENTION_EXTENSION {
+                super::retention::Retention::decode(&ext.data)?;
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{CopyState, DomainHeader, KeyMode};
 use crate::format::FORMAT_VERSION;
+use crate::format::retention::{Retention, format_duration};
 
 /// 10000-01-01T00:00:00Z: RFC 3339 has four-digit years.
 const YEAR_10000_UNIX: u64 = 253_402_300_800;
@@ -43,6 +44,7 @@ impl DomainHeader {
                 format!("{:#06x}{critical} ({} bytes)", e.kind, e.data.len())
             })
             .collect::<Vec<_>>();
+        lines.push(("retention", retention_text(self)));
         lines.push((
             "extensions",
             if extensions.is_empty() {
@@ -89,6 +91,7 @@ impl DomainHeader {
             "signed_message": blob_json(&self.signed_message),
             "signature": blob_json(&self.signature),
             "manager_key": blob_json(&self.manager_key),
+            "retention": retention_json(self),
             "extensions": self.extensions.iter().map(|e| json!({
                 "kind": e.kind,
                 "critical": e.is_critical(),
@@ -96,6 +99,44 @@ impl DomainHeader {
             })).collect::<Vec<_>>(),
             "copies": { "a": copy_json(&copies[0]), "b": copy_json(&copies[1]) },
         })
+    }
+}
+
+/// `keep-all (nothing is ever freed)`, or `keep-for=30d`, then the no-keep patterns.
+fn retention_text(header: &DomainHeader) -> String {
+    match Retention::from_header(header) {
+        Ok(r) => {
+            let policy = match r.keep_for {
+                None => "keep-all (hidden versions are never freed)".to_string(),
+                Some(_) => format!(
+                    "{} (hidden versions older than that are freed)",
+                    r.policy_text()
+                ),
+            };
+            if r.no_keep.is_empty() {
+                policy
+            } else {
+                let patterns: Vec<String> = r
+                    .no_keep
+                    .iter()
+                    .map(|p| format!("\"{}\"", escape(p.as_bytes())))
+                    .collect();
+                format!("{policy}; not kept: {}", patterns.join(", "))
+            }
+        }
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+fn retention_json(header: &DomainHeader) -> Value {
+    match Retention::from_header(header) {
+        Ok(r) => json!({
+            "policy": if r.keep_for.is_some() { "keep-for" } else { "keep-all" },
+            "keep_for_secs": r.keep_for,
+            "keep_for": r.keep_for.map(format_duration),
+            "no_keep": r.no_keep,
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
     }
 }
 
@@ -321,6 +362,30 @@ mod tests {
         assert_eq!(json["signature"]["fingerprint"], fingerprint(&[2; 64]));
         assert_eq!(json["manager_key"], Value::Null);
         assert_eq!(json["extensions"][0]["kind"], 7);
+        assert_eq!(json["retention"]["policy"], "keep-all");
+        assert!(text.contains("retention:      keep-all"), "{text}");
+        let kept = DomainHeader {
+            extensions: vec![
+                Retention {
+                    keep_for: Some(86_400),
+                    no_keep: vec!["pg_wal/*".into()],
+                }
+                .to_extension()
+                .unwrap(),
+            ],
+            ..header
+        };
+        let text = kept.show(&copies);
+        assert!(
+            text.contains(
+                "keep-for=1d (hidden versions older than that are freed); not kept: \"pg_wal/*\""
+            ),
+            "{text}"
+        );
+        let json = kept.to_json(&copies);
+        assert_eq!(json["retention"]["keep_for_secs"], 86_400);
+        assert_eq!(json["retention"]["keep_for"], "1d");
+        assert_eq!(json["retention"]["no_keep"][0], "pg_wal/*");
         assert_eq!(json["copies"]["b"]["reason"], "checksum mismatch");
     }
 }

@@ -369,12 +369,12 @@ fn trailing_garbage_inside_the_record() {
 #[test]
 fn unknown_critical_extension_is_refused_and_others_are_kept() {
     let raw = Raw {
-        extensions: vec![(0x8001, b"x".to_vec())],
+        extensions: vec![(0x8002, b"x".to_vec())],
         ..Raw::of(&header())
     };
-    assert_corrupt(&raw, "unknown critical extension 0x8001");
+    assert_corrupt(&raw, "unknown critical extension 0x8002");
     let critical = vec![Extension {
-        kind: 0x8001,
+        kind: 0x8002,
         data: vec![],
     }];
     assert_invalid(
@@ -394,4 +394,29 @@ fn unknown_critical_extension_is_refused_and_others_are_kept() {
     let h = DomainHeader::decode(&bytes).unwrap();
     assert_eq!(h.extensions.len(), 2);
     assert_eq!(h.encode().unwrap(), bytes);
+}
+
+#[test]
+fn the_retention_policy_is_a_known_critical_extension_that_must_decode() {
+    use crate::format::retention::{RETENTION_EXTENSION, Retention};
+    let policy = Retention {
+        keep_for: Some(3600),
+        no_keep: vec!["*-journal".into()],
+    };
+    let h = DomainHeader {
+        extensions: vec![policy.to_extension().unwrap()],
+        ..header()
+    };
+    let bytes = h.encode().unwrap();
+    let back = DomainHeader::decode(&bytes).unwrap();
+    assert_eq!(Retention::from_header(&back).unwrap(), policy);
+    assert_eq!(
+        Retention::from_header(&header()).unwrap(),
+        Retention::keep_all()
+    );
+    let raw = Raw {
+        extensions: vec![(RETENTION_EXTENSION, b"x".to_vec())],
+        ..Raw::of(&header())
+    };
+    assert_corrupt(&raw, "retention policy");
 }

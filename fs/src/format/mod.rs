@@ -11,6 +11,7 @@
 
 pub mod header;
 pub mod reader;
+pub mod retention;
 pub mod superblock;
 
 /// The on-disk format version this build reads and writes.
