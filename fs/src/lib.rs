@@ -8,12 +8,14 @@
 //!   and the superblock (two alternating copies, the commit point).
 //! - [`store`]: the authenticated, crash-safe block store: a redirect-on-write Merkle tree
 //!   of block pointers, the allocator, the cache, transactions and fsck.
+//! - [`audit`]: the audit trail's records, their MAC chain, and how they are read.
 //! - [`cli`]: the `domfs` command line (the binary in `main.rs` only calls into it).
 //!
 //! Untrusted bytes (the container) are parsed once into the types of [`types`]; every
 //! failure is an [`Error`], never a panic.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod crypto;
 pub mod device;

@@ -3,6 +3,7 @@
 //! code (see [`exit`]).
 
 mod acl;
+pub mod audit;
 mod create;
 pub mod debug;
 pub mod exit;
@@ -65,6 +66,9 @@ enum Command {
     Mount(mount::Args),
     /// Unmount a volume; returns after the final commit and the release of the volume.
     Unmount(mount::UnmountArgs),
+    /// The audit trail of a volume, newest first: who opened, created, changed, renamed or
+    /// hid what, when, from which process on which host; `--verify` checks its MAC chain.
+    Audit(audit::Args),
     /// Developer tools for tests (not a stable interface).
     #[command(subcommand, hide = true)]
     Debug(debug::Command),
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Manager(cmd) => manager::run(cmd, global),
         Command::Mount(args) => mount::run(args, global),
         Command::Unmount(args) => mount::run_unmount(args, global),
+        Command::Audit(args) => audit::run(args, global),
         Command::Debug(cmd) => debug::run(cmd, global),
     };
     match result {

@@ -2,9 +2,9 @@
 //!
 //! Every subkey is `HKDF-SHA256(salt = "domfs v1", ikm = K, info = label ‖ volume id)`, so
 //! two volumes never share a subkey even under one K, and the subkeys for XTS, block tags,
-//! the superblock and the key check value are independent. Keys live in boxed buffers that
-//! are zeroized on drop (a move of a boxed key copies only the pointer) and have no
-//! `Debug`/`Display`.
+//! the superblock, the audit chain and the key check value are independent. Keys live in
+//! boxed buffers that are zeroized on drop (a move of a boxed key copies only the pointer)
+//! and have no `Debug`/`Display`.
 
 use hkdf::Hkdf;
 use hmac::{KeyInit, Mac};
@@ -22,6 +22,7 @@ const LABEL_XTS: &[u8] = b"domfs xts data+tweak key";
 const LABEL_BLOCK_MAC: &[u8] = b"domfs block tag key";
 const LABEL_SUPERBLOCK_MAC: &[u8] = b"domfs superblock mac key";
 const LABEL_KEY_CHECK: &[u8] = b"domfs key check value";
+const LABEL_AUDIT_CHAIN: &[u8] = b"domfs audit chain key";
 
 /// The 32-byte domain key K (from the TTP through the agent, or from a key file).
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -117,6 +118,8 @@ pub struct VolumeKeys {
     pub xts: Xts256,
     pub block_mac: MacKey,
     pub superblock_mac: MacKey,
+    /// Chains the entries of the audit log inside the volume (see [`crate::audit`]).
+    pub audit_chain: MacKey,
     /// Stored in the superblock so that a wrong key is told apart from a damaged volume.
     /// It is a PRF output: it says nothing about K.
     pub key_check: Tag,
@@ -144,12 +147,15 @@ impl VolumeKeys {
         expand(LABEL_BLOCK_MAC, &mut block_mac[..]);
         let mut sb_mac = Zeroizing::new([0u8; 32]);
         expand(LABEL_SUPERBLOCK_MAC, &mut sb_mac[..]);
+        let mut audit_chain = Zeroizing::new([0u8; 32]);
+        expand(LABEL_AUDIT_CHAIN, &mut audit_chain[..]);
         let mut key_check = [0u8; 32];
         expand(LABEL_KEY_CHECK, &mut key_check);
         Box::new(Self {
             xts: Xts256::new(&xts_key),
             block_mac: MacKey::new(&block_mac[..]),
             superblock_mac: MacKey::new(&sb_mac[..]),
+            audit_chain: MacKey::new(&audit_chain[..]),
             key_check: Tag(key_check),
             writer: None,
         })

@@ -158,6 +158,13 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
     }
     c.own_file(&sb.table, "the inode table");
     c.own_file(&sb.orphans, "the orphan list");
+    c.own_file(&sb.audit, "the audit log");
+    if sb.audit.size != sb.audit_head.len {
+        c.report.problems.push(format!(
+            "the audit log holds {} bytes, its head in the superblock says {}",
+            sb.audit.size, sb.audit_head.len
+        ));
+    }
     let inodes = read_inode_table(&mut c, &sb);
     let orphans: HashSet<u64> = match Directory::load(&mut ReadBlocks {
         io,

@@ -13,9 +13,13 @@
 //! | 56 | 8 | zero |
 //! | 64 | 256 | the inode table's own inode |
 //! | 320 | 256 | the orphan list's inode (a directory of unlinked, still open files) |
-//! | 576 | 3520 | zero |
+//! | 576 | 256 | zero (reserved for the hidden versions) |
+//! | 832 | 256 | the audit log's inode (an append-only internal file; zeros: empty log) |
+//! | 1088 | 48 | the audit chain's head: last sequence `u64`, log bytes `u64`, last MAC (32) |
+//! | 1136 | 2960 | zero |
 
 use super::inode::{INODE_SIZE, Inode};
+use crate::audit::chain::{ChainHead, HEAD_LEN};
 use crate::types::{BLOCK_SIZE, Block};
 use crate::{Error, Result};
 
@@ -31,7 +35,15 @@ pub struct FsSuper {
     pub total_blocks: u64,
     pub table: Inode,
     pub orphans: Inode,
+    /// The audit log (see [`crate::audit`]); a free inode is an empty log.
+    pub audit: Inode,
+    /// The end of the audit chain, committed with the log.
+    pub audit_head: ChainHead,
 }
+
+/// Where the audit log's inode and the chain's head are.
+const AUDIT_INODE_AT: usize = 832;
+const AUDIT_HEAD_AT: usize = 1088;
 
 impl FsSuper {
     pub fn encode(&self) -> Box<Block> {
@@ -45,6 +57,8 @@ impl FsSuper {
         b[48..56].copy_from_slice(&self.total_blocks.to_le_bytes());
         b[64..64 + INODE_SIZE].copy_from_slice(&self.table.encode());
         b[320..320 + INODE_SIZE].copy_from_slice(&self.orphans.encode());
+        b[AUDIT_INODE_AT..AUDIT_INODE_AT + INODE_SIZE].copy_from_slice(&self.audit.encode());
+        b[AUDIT_HEAD_AT..AUDIT_HEAD_AT + HEAD_LEN].copy_from_slice(&self.audit_head.encode());
         b
     }
 
@@ -84,6 +98,12 @@ impl FsSuper {
             total_blocks: u64_at(48),
             table: inode_at(64)?,
             orphans: inode_at(320)?,
+            audit: inode_at(AUDIT_INODE_AT)?,
+            audit_head: {
+                let mut head = [0u8; HEAD_LEN];
+                head.copy_from_slice(&b[AUDIT_HEAD_AT..AUDIT_HEAD_AT + HEAD_LEN]);
+                ChainHead::decode(&head)
+            },
         }))
     }
 }

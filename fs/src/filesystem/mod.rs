@@ -13,6 +13,7 @@
 //! so it never runs out of space half-way (`ENOSPC` comes before any change).
 
 pub mod alloc;
+mod audit_log;
 pub mod bmap;
 pub mod dir;
 pub mod fsck;
@@ -20,6 +21,7 @@ pub mod inode;
 pub mod meta;
 mod ops_data;
 mod ops_ns;
+mod paths;
 mod state;
 pub mod xattr;
 
@@ -35,6 +37,7 @@ use inode::{Inode, ROOT_INO, S_IFDIR, Timestamp};
 use meta::FsSuper;
 use state::State;
 
+pub use audit_log::{AUDIT_LOG_PATH, DrainedAudit, FLUSH_BYTES, READ_ONLY_QUEUE};
 pub use ops_data::{SetAttr, StatFs, TimeSet};
 pub use ops_ns::RenameFlags;
 
@@ -96,6 +99,10 @@ pub struct Filesystem {
     /// The TTP withdrew this host's access: every request is refused (EACCES) and nothing
     /// more is committed.
     revoked: AtomicBool,
+    /// Audit entries waiting for the next commit ([`audit_log`]).
+    audit: audit_log::AuditQueue,
+    /// The names the kernel knows inodes by ([`paths`]).
+    names: paths::Names,
 }
 
 impl Filesystem {
@@ -116,6 +123,8 @@ impl Filesystem {
             read_only,
             failed: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
+            audit: audit_log::AuditQueue::default(),
+            names: paths::Names::default(),
         };
         if !read_only {
             fs.mutate(0, |st, io| ops_ns::free_orphans(st, io))?;
@@ -146,9 +155,9 @@ impl Filesystem {
         self.revoked.load(Ordering::SeqCst)
     }
 
-    /// Makes everything done so far durable. The snapshot is taken between operations;
-    /// the writing happens without the filesystem's lock, so other files stay readable
-    /// and writable while a sync waits for the disk.
+    /// Makes everything done so far durable, with the audit entries queued so far. The
+    /// snapshot is taken between operations; the writing happens without the filesystem's
+    /// lock, so other files stay readable and writable while a sync waits for the disk.
     pub fn sync(&self) -> Result<()> {
         if self.is_revoked() {
             return Err(Error::Revoked);
@@ -161,7 +170,8 @@ impl Filesystem {
         }
         let mut ticket = self.store.begin_commit()?;
         {
-            let _between_operations = self.lock();
+            let mut st = self.lock();
+            self.write_audit(&mut st, &*self.store)?;
             ticket.prepare()?;
         }
         ticket.complete().map(|_| ())
@@ -199,7 +209,11 @@ impl Filesystem {
         let mut committed = false;
         let mut st = loop {
             let st = self.lock();
-            if self.store.has_room_for(blocks + OP_SLACK) {
+            // Room for the queued audit entries too: they are written before this commits.
+            if self
+                .store
+                .has_room_for(blocks + OP_SLACK + self.audit.blocks_needed())
+            {
                 break st;
             }
             // A commit turns the last commit's garbage into free space; it must not run
@@ -212,6 +226,7 @@ impl Filesystem {
             committed = true;
         };
         let io: &dyn BlockIo = &*self.store;
+        self.write_audit_if_large(&mut st, io)?;
         let result = f(&mut st, io).and_then(|r| {
             finish(&mut st, io)?;
             Ok(r)
@@ -274,6 +289,8 @@ fn format(store: &BlockStore) -> Result<FsSuper> {
         total_blocks: total,
         table: Inode::default(),
         orphans: Inode::default(),
+        audit: Inode::default(),
+        audit_head: Default::default(),
     };
     let mut st = State::new(sb);
     for block in 0..bitmap_start + bitmap_blocks {

@@ -49,6 +49,7 @@
 //! (databases look for their journals all the time) are answered by the kernel.
 
 pub mod attr;
+pub mod audit;
 pub mod mount;
 pub mod mountinfo;
 
@@ -59,6 +60,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use fuser::{
@@ -68,10 +70,15 @@ use fuser::{
 };
 
 use crate::Error;
+use crate::audit::{AccessMode, AuditOp};
 use crate::filesystem::inode::{S_IFMT, S_IFREG};
 use crate::filesystem::{Caller, Entry, Filesystem, RenameFlags, SetAttr};
 
 use attr::{TTL, entry_attr, file_attr, file_type, kernel_time, time_set};
+use audit::{Auditor, Event, describe_setattr};
+
+/// An audit event and the name its inode gets when the operation succeeds.
+type NamedEvent = (Event, Option<(u64, Vec<u8>)>);
 
 /// The largest write request the kernel sends (its own cap).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -85,13 +92,20 @@ const READDIR_BATCH: usize = 1024;
 pub struct DomFuse {
     fs: Arc<Filesystem>,
     writeback_cache: bool,
+    /// `None` only for a benchmark of auditing's cost ([`audit::auditor_for`]).
+    audit: Option<Arc<Auditor>>,
+    /// Stops the thread that commits waiting audit entries.
+    stop_committer: Arc<AtomicBool>,
 }
 
 impl DomFuse {
     pub fn new(fs: Arc<Filesystem>) -> Self {
+        let audit = audit::auditor_for(&fs);
         Self {
             fs,
             writeback_cache: false,
+            audit,
+            stop_committer: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -135,23 +149,6 @@ fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
 
-fn reply_entry(reply: ReplyEntry, result: crate::Result<Entry>, op: &str, parent: u64) {
-    match result {
-        Ok(entry) => {
-            let (attr, generation) = entry_attr(&entry);
-            reply.entry(&TTL, &attr, generation);
-        }
-        Err(e) => reply.error(errno(op, parent, &e)),
-    }
-}
-
-fn reply_empty(reply: ReplyEmpty, result: crate::Result<()>, op: &str, ino: u64) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(op, ino, &e)),
-    }
-}
-
 /// The reply to a getxattr/listxattr: the size for a size-0 probe, the bytes when they
 /// fit, ERANGE when they do not.
 fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
@@ -168,6 +165,119 @@ fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
 }
 
 impl DomFuse {
+    fn reply_entry(
+        &self,
+        req: &Request,
+        reply: ReplyEntry,
+        result: crate::Result<Entry>,
+        op: &str,
+        parent: u64,
+    ) {
+        match result {
+            Ok(entry) => {
+                let (attr, generation) = entry_attr(&entry);
+                reply.entry(&TTL, &attr, generation);
+            }
+            Err(e) => reply.error(self.fail(req, op, parent, &e)),
+        }
+    }
+
+    fn reply_empty(
+        &self,
+        req: &Request,
+        reply: ReplyEmpty,
+        result: crate::Result<()>,
+        op: &str,
+        ino: u64,
+    ) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail(req, op, ino, &e)),
+        }
+    }
+
+    /// Creates a node and records it (`create` entry with the kind in its detail).
+    fn created(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        kind: &str,
+        result: &crate::Result<Entry>,
+    ) {
+        let path = self.fs.path_in(parent, name_bytes(name));
+        let ino = result.as_ref().map_or(0, |e| e.ino);
+        if ino != 0 {
+            self.fs.remember_name(parent, name_bytes(name), ino);
+        }
+        self.note(
+            req,
+            Event::new(AuditOp::Create, ino, path).detail(kind),
+            result,
+        );
+    }
+
+    /// The entry a removal of `name` will get: the name goes, the content is kept hidden.
+    fn hide_event(&self, parent: u64, name: &OsStr, how: &str) -> Event {
+        let name = name_bytes(name);
+        Event::new(
+            AuditOp::Hide,
+            self.fs.child_ino(parent, name).unwrap_or(0),
+            self.fs.path_in(parent, name),
+        )
+        .detail(how)
+    }
+
+    /// The entries a rename will get, taken before it: the file moved, and the file it
+    /// replaces (hidden) or exchanges with (moved the other way).
+    fn rename_events(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Vec<NamedEvent> {
+        let (name, newname) = (name_bytes(name), name_bytes(newname));
+        let from = self.fs.path_in(parent, name);
+        let to = self.fs.path_in(newparent, newname);
+        let ino = self.fs.child_ino(parent, name).unwrap_or(0);
+        let other = self.fs.child_ino(newparent, newname);
+        let to_text = |p: &Option<String>| format!("to {}", p.as_deref().unwrap_or("?"));
+        let mut events = vec![(
+            Event::new(AuditOp::Rename, ino, from.clone()).detail(to_text(&to)),
+            Some((newparent, newname.to_vec())),
+        )];
+        match other {
+            Some(other) if flags.exchange => events.push((
+                Event::new(AuditOp::Rename, other, to).detail(to_text(&from)),
+                Some((parent, name.to_vec())),
+            )),
+            Some(other) if other != ino => events.push((
+                Event::new(AuditOp::Hide, other, to).detail("replaced by a rename"),
+                None,
+            )),
+            _ => {}
+        }
+        events
+    }
+
+    /// Records a rename's entries (only the first when it failed) and learns the names.
+    fn renamed(&self, req: &Request, events: Vec<NamedEvent>, result: &crate::Result<()>) {
+        for (i, (event, new_name)) in events.into_iter().enumerate() {
+            if result.is_err() && i > 0 {
+                break;
+            }
+            if result.is_ok()
+                && event.ino != 0
+                && let Some((dir, name)) = &new_name
+            {
+                self.fs.remember_name(*dir, name, event.ino);
+            }
+            self.note(req, event, result);
+        }
+    }
+
     /// A durability point: everything done so far is committed when this returns Ok.
     fn sync(&self, op: &str, ino: u64) -> Result<(), Errno> {
         self.fs.sync().map_err(|e| {
@@ -201,21 +311,34 @@ impl fuser::Filesystem for DomFuse {
                 tracing::warn!("the kernel does not offer {what}; going without");
             }
         }
+        if self.audit.is_some() {
+            let how = if self.fs.is_read_only() {
+                "read-only"
+            } else {
+                "read-write"
+            };
+            self.note_daemon(AuditOp::Mount, how.into());
+            audit::spawn_audit_committer(Arc::downgrade(&self.fs), self.stop_committer.clone());
+        }
         Ok(())
     }
 
     /// Unmount: the final commit. The kernel has written back every dirty page before
-    /// the session ends, so this commit holds everything written through the mount.
+    /// the session ends, so this commit holds everything written through the mount (and
+    /// the unmount's audit entry).
     fn destroy(&mut self) {
+        self.stop_committer.store(true, Ordering::SeqCst);
+        self.note_daemon(AuditOp::Unmount, String::new());
         match self.fs.sync() {
             Ok(()) => tracing::info!("final commit done"),
             Err(e) => tracing::error!("final commit failed: {e}"),
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name_bytes(name)) {
             Ok(entry) => {
+                self.fs.remember_name(parent.0, name_bytes(name), entry.ino);
                 let (attr, generation) = entry_attr(&entry);
                 reply.entry(&TTL, &attr, generation);
             }
@@ -225,21 +348,22 @@ impl fuser::Filesystem for DomFuse {
                 let attr = file_attr(0, &Default::default());
                 reply.entry(&TTL, &attr, Generation(0));
             }
-            Err(e) => reply.error(errno("lookup", parent.0, &e)),
+            Err(e) => reply.error(self.fail(req, "lookup", parent.0, &e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
+        self.fs.forget_name(ino.0);
     }
 
     // batch_forget: fuser's default calls `forget` for each node (its element type is
     // not nameable outside fuser 0.18).
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
-            Err(e) => reply.error(errno("getattr", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "getattr", ino.0, &e)),
         }
     }
 
@@ -270,16 +394,20 @@ impl fuser::Filesystem for DomFuse {
             mtime: mtime.map(time_set),
             ctime: ctime.map(kernel_time),
         };
-        match self.fs.setattr(ino.0, set, caller(req)) {
+        let result = self.fs.setattr(ino.0, set, caller(req));
+        let event = Event::new(AuditOp::Setattr, ino.0, self.fs.path_of(ino.0))
+            .detail(describe_setattr(&set));
+        self.note(req, event, &result);
+        match result {
             Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
-            Err(e) => reply.error(errno("setattr", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "setattr", ino.0, &e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "readlink", ino.0, &e)),
         }
     }
 
@@ -301,7 +429,8 @@ impl fuser::Filesystem for DomFuse {
             u64::from(rdev),
             caller(req),
         );
-        reply_entry(reply, result, "mknod", parent.0);
+        self.created(req, parent.0, name, "node", &result);
+        self.reply_entry(req, reply, result, "mknod", parent.0);
     }
 
     fn mkdir(
@@ -314,17 +443,22 @@ impl fuser::Filesystem for DomFuse {
         reply: ReplyEntry,
     ) {
         let result = self.fs.mkdir(parent.0, name_bytes(name), mode, caller(req));
-        reply_entry(reply, result, "mkdir", parent.0);
+        self.created(req, parent.0, name, "directory", &result);
+        self.reply_entry(req, reply, result, "mkdir", parent.0);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let event = self.hide_event(parent.0, name, "unlink");
         let result = self.fs.unlink(parent.0, name_bytes(name), caller(req));
-        reply_empty(reply, result, "unlink", parent.0);
+        self.note(req, event, &result);
+        self.reply_empty(req, reply, result, "unlink", parent.0);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let event = self.hide_event(parent.0, name, "rmdir");
         let result = self.fs.rmdir(parent.0, name_bytes(name), caller(req));
-        reply_empty(reply, result, "rmdir", parent.0);
+        self.note(req, event, &result);
+        self.reply_empty(req, reply, result, "rmdir", parent.0);
     }
 
     fn symlink(
@@ -341,7 +475,8 @@ impl fuser::Filesystem for DomFuse {
             target.as_os_str().as_bytes(),
             caller(req),
         );
-        reply_entry(reply, result, "symlink", parent.0);
+        self.created(req, parent.0, link_name, "symlink", &result);
+        self.reply_entry(req, reply, result, "symlink", parent.0);
     }
 
     fn rename(
@@ -365,6 +500,7 @@ impl fuser::Filesystem for DomFuse {
             no_replace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
+        let moving = self.rename_events(parent.0, name, newparent.0, newname, flags);
         let result = self.fs.rename(
             parent.0,
             name_bytes(name),
@@ -373,31 +509,47 @@ impl fuser::Filesystem for DomFuse {
             flags,
             caller(req),
         );
-        reply_empty(reply, result, "rename", parent.0);
+        self.renamed(req, moving, &result);
+        self.reply_empty(req, reply, result, "rename", parent.0);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let result = self.fs.link(ino.0, newparent.0, name_bytes(newname));
-        reply_entry(reply, result, "link", ino.0);
+        let event = Event::new(
+            AuditOp::Link,
+            ino.0,
+            self.fs.path_in(newparent.0, name_bytes(newname)),
+        )
+        .detail(
+            self.fs
+                .path_of(ino.0)
+                .map_or_else(String::new, |p| format!("of {p}")),
+        );
+        self.note(req, event, &result);
+        self.reply_entry(req, reply, result, "link", ino.0);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // Any access mode and O_DIRECT are fine: handles carry no state, and the kernel
         // has checked permissions (default_permissions) and O_RDONLY on a ro mount.
+        if let Err(e) = self.note_open(req, ino.0, flags.0, false) {
+            reply.error(e);
+            return;
+        }
         self.fs.opened(ino.0);
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -408,13 +560,13 @@ impl fuser::Filesystem for DomFuse {
     ) {
         match self.fs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "read", ino.0, &e)),
         }
     }
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -427,7 +579,7 @@ impl fuser::Filesystem for DomFuse {
         // The offset is final: the kernel has placed the write (O_APPEND included).
         match self.fs.write(ino.0, offset, data) {
             Ok(written) => reply.written(written),
-            Err(e) => reply.error(errno("write", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "write", ino.0, &e)),
         }
     }
 
@@ -474,14 +626,19 @@ impl fuser::Filesystem for DomFuse {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Listing a directory shows its names: a viewing event too.
+        if let Err(e) = self.note_open(req, ino.0, flags.0, true) {
+            reply.error(e);
+            return;
+        }
         self.fs.opened(ino.0);
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -502,7 +659,7 @@ impl fuser::Filesystem for DomFuse {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("readdir", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "readdir", ino.0, &e)),
         }
     }
 
@@ -548,7 +705,7 @@ impl fuser::Filesystem for DomFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -557,26 +714,36 @@ impl fuser::Filesystem for DomFuse {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.setxattr(ino.0, name_bytes(name), value, flags);
-        reply_empty(reply, result, "setxattr", ino.0);
+        let event = Event::new(AuditOp::Setattr, ino.0, self.fs.path_of(ino.0)).detail(format!(
+            "xattr {} set",
+            crate::audit::record::text_of(name_bytes(name))
+        ));
+        self.note(req, event, &result);
+        self.reply_empty(req, reply, result, "setxattr", ino.0);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.fs.getxattr(ino.0, name_bytes(name)) {
             Ok(value) => reply_xattr(reply, &value, size),
-            Err(e) => reply.error(errno("getxattr", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "getxattr", ino.0, &e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.fs.listxattr(ino.0) {
             Ok(names) => reply_xattr(reply, &names, size),
-            Err(e) => reply.error(errno("listxattr", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "listxattr", ino.0, &e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.fs.removexattr(ino.0, name_bytes(name));
-        reply_empty(reply, result, "removexattr", ino.0);
+        let event = Event::new(AuditOp::Setattr, ino.0, self.fs.path_of(ino.0)).detail(format!(
+            "xattr {} removed",
+            crate::audit::record::text_of(name_bytes(name))
+        ));
+        self.note(req, event, &result);
+        self.reply_empty(req, reply, result, "removexattr", ino.0);
     }
 
     /// create = mknod of a regular file + open.
@@ -587,14 +754,21 @@ impl fuser::Filesystem for DomFuse {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let mode = S_IFREG | (mode & !S_IFMT);
-        match self
+        let result = self
             .fs
-            .mknod(parent.0, name_bytes(name), mode, 0, caller(req))
-        {
+            .mknod(parent.0, name_bytes(name), mode, 0, caller(req));
+        let path = self.fs.path_in(parent.0, name_bytes(name));
+        let ino = result.as_ref().map_or(0, |e| e.ino);
+        if ino != 0 {
+            self.fs.remember_name(parent.0, name_bytes(name), ino);
+        }
+        let event = Event::new(AuditOp::Create, ino, path).mode(AccessMode::from_open_flags(flags));
+        self.note(req, event, &result);
+        match result {
             Ok(entry) => {
                 self.fs.opened(entry.ino);
                 let (attr, generation) = entry_attr(&entry);
@@ -606,13 +780,13 @@ impl fuser::Filesystem for DomFuse {
                     FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
-            Err(e) => reply.error(errno("create", parent.0, &e)),
+            Err(e) => reply.error(self.fail(req, "create", parent.0, &e)),
         }
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -621,7 +795,7 @@ impl fuser::Filesystem for DomFuse {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.fallocate(ino.0, offset, length, mode);
-        reply_empty(reply, result, "fallocate", ino.0);
+        self.reply_empty(req, reply, result, "fallocate", ino.0);
     }
 
     // What domfs does not offer is refused quietly: fuser's defaults log a warning per
@@ -698,10 +872,10 @@ impl fuser::Filesystem for DomFuse {
 
     /// Never sent under `default_permissions`: the kernel checks permissions itself.
     /// Answered by existence alone, should it come.
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno("access", ino.0, &e)),
+            Err(e) => reply.error(self.fail(req, "access", ino.0, &e)),
         }
     }
 }

@@ -268,6 +268,11 @@ impl BlockStore {
         &self.header
     }
 
+    /// The key that chains the audit log's entries (an HKDF subkey of the domain key).
+    pub fn audit_key(&self) -> &crate::crypto::MacKey {
+        &self.codec.keys().audit_chain
+    }
+
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
     }
