@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod control;
 pub mod crypto;
 pub mod device;
 pub mod error;

@@ -35,6 +35,9 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<KeyRefused>().is_some() {
         return KEY;
     }
+    if let Some(failed) = e.downcast_ref::<crate::control::client::Failed>() {
+        return failed.code;
+    }
     if e.downcast_ref::<Refused>().is_some() {
         return REFUSED;
     }
