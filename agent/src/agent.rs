@@ -1,5 +1,7 @@
 //! The agent's state and its two key decisions: handing out a domain key (from the lease
-//! cache, or from the TTP through the TPM) and taking one back. The gRPC layer
+//! cache, or from the TTP through the TPM) and taking one back; and the calls a mount
+//! makes under its lease that the agent forwards to the TTP (Checkpoint, AppendAudit) or
+//! passes on (ReadAudit), see "Forwarding" below. The gRPC layer
 //! ([`crate::service`]) checks the caller and logs; the renewal task ([`crate::renew`])
 //! keeps leases alive.
 //!
@@ -13,6 +15,17 @@
 //! lease held elsewhere — is returned as it is: a busy domain is never silently mounted
 //! read-only. A read-only lease taken this way is remembered as such, so later BEST
 //! requests for the domain use it without asking for read-write again.
+//!
+//! ## Forwarding
+//!
+//! Checkpoint and AppendAudit name a local lease id; the agent sends them under the TTP
+//! lease and domain behind it (the TTP lease changes when the TTP forgot it and granted it
+//! again; the local id does not). Inputs are bounded here as the TTP bounds them. The
+//! TTP's refusals come back with its code; a TTP that does not answer becomes UNAVAILABLE
+//! (the daemon keeps what it wanted to send and retries). NOT_FOUND (the TTP forgot the
+//! lease) also has the renewal task look at the lease at once, which asks for it again,
+//! so the daemon's retry finds it. An accepted checkpoint is kept with the domain's leases
+//! for later GetDomainKey answers from the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,11 +34,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tonic::{Code, Status};
 
-use domfs_proto::KEY_LEN;
-use domfs_proto::acl::{DomainId, SIGNATURE_LEN, SignedMessage};
+use domfs_proto::acl::{DomainId, MAX_HOST_NAME_LEN, SIGNATURE_LEN, SignedMessage};
 use domfs_proto::agent::Mode;
 use domfs_proto::client::describe_status;
-use domfs_proto::ttp::{GetDomainKeyRequest, GetDomainKeyResponse, HostState};
+use domfs_proto::ttp::{
+    AppendAuditRequest, Checkpoint, CheckpointRequest, GetDomainKeyRequest, GetDomainKeyResponse,
+    HostState, ReadAuditRequest, ReadAuditResponse,
+};
+use domfs_proto::{
+    AUDIT_HEAD_LEN, CHECKPOINT_ROOT_LEN, KEY_LEN, MAX_AUDIT_BATCH, MAX_AUDIT_ENTRIES,
+    MAX_AUDIT_ENTRY, MAX_AUDIT_READ,
+};
 
 use crate::keys::DomainKeys;
 use crate::leases::{
@@ -206,6 +225,7 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
             rw_refused,
             signed_message: request.signed_message,
             signature: request.signature,
+            checkpoint: response.checkpoint,
         };
         let grant = self.table().insert(lease, caller.process, now_ms());
         self.renew_wake.notify_one();
@@ -228,7 +248,7 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
             &self.alive,
         );
         match lookup {
-            Lookup::Hit(grant) => Ok(Some(grant)),
+            Lookup::Hit(grant) => Ok(Some(*grant)),
             Lookup::Miss => Ok(None),
             Lookup::HeldElsewhere { pid } => Err(Status::failed_precondition(format!(
                 "the domain is already mounted read-write on this host (by pid {pid}); \
@@ -284,13 +304,19 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
         let response = self.ttp.get_domain_key(request).await?;
         let new_id = response.lease_id.clone();
         let seconds = response.lease_seconds;
+        let checkpoint = response.checkpoint.clone();
         let keys = self
             .unwrap_grant(response, lease.domain, lease.mode)
             .await?;
-        if self
-            .table()
-            .reacquired(local_id, new_id.clone(), &keys, seconds, now_ms())
-        {
+        let kept = {
+            let mut table = self.table();
+            let kept = table.reacquired(local_id, new_id.clone(), &keys, seconds, now_ms());
+            if kept && let Some(checkpoint) = checkpoint {
+                table.note_checkpoint(lease.domain, checkpoint);
+            }
+            kept
+        };
+        if kept {
             return Ok(());
         }
         self.give_back(new_id, lease.domain).await;
@@ -383,6 +409,133 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
             Err(e @ ReleaseError::NotHolder) => Err(Status::failed_precondition(e.to_string())),
         }
     }
+
+    /// The TTP lease behind a local lease id.
+    fn ttp_lease(&self, lease_id: &[u8]) -> Result<TtpLease, Status> {
+        if lease_id.is_empty() || lease_id.len() > MAX_LEASE_ID {
+            return Err(Status::invalid_argument(format!(
+                "a lease id of {} bytes",
+                lease_id.len()
+            )));
+        }
+        self.table()
+            .ttp_lease_of(lease_id)
+            .ok_or_else(|| Status::not_found(ReleaseError::NotFound.to_string()))
+    }
+
+    /// A TTP error of a forwarded call as the caller should see it (see "Forwarding").
+    fn forwarded(&self, status: Status, local_id: &[u8], what: &str) -> Status {
+        if !is_answer(&status) {
+            return Status::unavailable(format!(
+                "the TTP at {} cannot be reached ({}): keep the {what} and try again",
+                self.settings.ttp_url,
+                describe_status(&status)
+            ));
+        }
+        if status.code() == Code::NotFound && !local_id.is_empty() {
+            self.table().renew_soon(local_id, now_ms());
+            self.renew_wake.notify_one();
+        }
+        status
+    }
+
+    /// Checkpoint: anchors the volume of a read-write lease at the TTP. Returns the
+    /// checkpoint as the TTP keeps it.
+    pub async fn checkpoint(
+        &self,
+        lease_id: &[u8],
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<(Checkpoint, DomainId), Status> {
+        let checkpoint = checkpoint
+            .ok_or_else(|| Status::invalid_argument("the request carries no checkpoint"))?;
+        check_checkpoint(&checkpoint)
+            .map_err(|e| Status::invalid_argument(format!("a checkpoint with {e}")))?;
+        let lease = self.ttp_lease(lease_id)?;
+        if lease.mode != Granted::ReadWrite {
+            return Err(Status::permission_denied(
+                "the lease is read-only: only a read-write mount anchors its volume",
+            ));
+        }
+        let request = CheckpointRequest {
+            domain_id: lease.domain.to_vec(),
+            lease_id: lease.lease_id,
+            checkpoint: Some(checkpoint.clone()),
+        };
+        let response = self
+            .ttp
+            .checkpoint(request)
+            .await
+            .map_err(|status| self.forwarded(status, lease_id, "checkpoint"))?;
+        let anchored = response
+            .checkpoint
+            .filter(|c| check_checkpoint(c).is_ok() && c.host.len() <= MAX_HOST_NAME_LEN)
+            .unwrap_or_else(|| Checkpoint {
+                time_unix: now_ms() / 1000,
+                host: self.settings.host_name.clone(),
+                ..checkpoint
+            });
+        self.table().note_checkpoint(lease.domain, anchored.clone());
+        Ok((anchored, lease.domain))
+    }
+
+    /// AppendAudit: a mount's audit entries, stored at the TTP. Returns how many were
+    /// stored, the TTP's sequence number of the last, and the domain.
+    pub async fn append_audit(
+        &self,
+        lease_id: &[u8],
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(u64, u64, DomainId), Status> {
+        check_audit_entries(&entries)?;
+        let lease = self.ttp_lease(lease_id)?;
+        let request = AppendAuditRequest {
+            domain_id: lease.domain.to_vec(),
+            lease_id: lease.lease_id,
+            entries,
+        };
+        let response = self
+            .ttp
+            .append_audit(request)
+            .await
+            .map_err(|status| self.forwarded(status, lease_id, "entries"))?;
+        Ok((response.stored, response.last_sequence, lease.domain))
+    }
+
+    /// ReadAudit: the entries the TTP keeps for the domain of a header.
+    pub async fn read_audit(
+        &self,
+        signed_message: Vec<u8>,
+        signature: Vec<u8>,
+        after: u64,
+        limit: u32,
+    ) -> Result<ReadAuditResponse, Status> {
+        if signed_message.len() > MAX_SIGNED_MESSAGE {
+            return Err(Status::invalid_argument(format!(
+                "the signed message is {} bytes (at most {MAX_SIGNED_MESSAGE})",
+                signed_message.len()
+            )));
+        }
+        if signature.len() != SIGNATURE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "the signature is {} bytes (an Ed25519 signature is {SIGNATURE_LEN})",
+                signature.len()
+            )));
+        }
+        if limit > MAX_AUDIT_READ {
+            return Err(Status::invalid_argument(format!(
+                "a limit of {limit} entries (at most {MAX_AUDIT_READ})"
+            )));
+        }
+        let request = ReadAuditRequest {
+            signed_message,
+            signature,
+            after,
+            limit,
+        };
+        self.ttp
+            .read_audit(request)
+            .await
+            .map_err(|status| self.forwarded(status, &[], "request"))
+    }
 }
 
 /// The checks on a TTP grant before anything is unwrapped.
@@ -412,6 +565,57 @@ fn check_grant(response: &GetDomainKeyResponse, granted: Granted) -> Result<(), 
     if response.lease_seconds == 0 {
         return Err("a lease of 0 seconds".into());
     }
+    if let Some(checkpoint) = &response.checkpoint {
+        check_checkpoint(checkpoint).map_err(|e| format!("a checkpoint with {e}"))?;
+        if checkpoint.host.len() > MAX_HOST_NAME_LEN {
+            return Err("a checkpoint with an overlong host name".into());
+        }
+    }
+    Ok(())
+}
+
+/// The sizes of a checkpoint's root and audit head.
+fn check_checkpoint(checkpoint: &Checkpoint) -> Result<(), String> {
+    if checkpoint.root.len() != CHECKPOINT_ROOT_LEN {
+        return Err(format!(
+            "a root of {} bytes (must be {CHECKPOINT_ROOT_LEN})",
+            checkpoint.root.len()
+        ));
+    }
+    if !checkpoint.audit_head.is_empty() && checkpoint.audit_head.len() != AUDIT_HEAD_LEN {
+        return Err(format!(
+            "an audit head of {} bytes (must be {AUDIT_HEAD_LEN}, or empty before the first \
+             audit entry)",
+            checkpoint.audit_head.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The bounds the TTP puts on one AppendAudit call.
+fn check_audit_entries(entries: &[Vec<u8>]) -> Result<(), Status> {
+    if entries.len() > MAX_AUDIT_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "{} audit entries in one call (at most {MAX_AUDIT_ENTRIES})",
+            entries.len()
+        )));
+    }
+    if let Some((i, entry)) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.is_empty() || e.len() > MAX_AUDIT_ENTRY)
+    {
+        return Err(Status::invalid_argument(format!(
+            "audit entry {i} of {} bytes (1 to {MAX_AUDIT_ENTRY})",
+            entry.len()
+        )));
+    }
+    let total: usize = entries.iter().map(Vec::len).sum();
+    if total > MAX_AUDIT_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "{total} bytes of audit entries in one call (at most {MAX_AUDIT_BATCH})"
+        )));
+    }
     Ok(())
 }
 
@@ -432,3 +636,7 @@ pub fn tpm_status(error: TpmError) -> Status {
 #[cfg(test)]
 #[path = "agent_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod forward_tests;

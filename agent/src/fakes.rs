@@ -12,8 +12,9 @@ use zeroize::Zeroizing;
 use domfs_proto::acl::{Access, AccessList, DomainId, SignedMessage};
 use domfs_proto::agent::Mode;
 use domfs_proto::ttp::{
+    AppendAuditRequest, AppendAuditResponse, Checkpoint, CheckpointRequest, CheckpointResponse,
     EnrollRequest, EnrollResponse, GetDomainKeyRequest, GetDomainKeyResponse, HostState,
-    HostStatusResponse,
+    HostStatusResponse, ReadAuditRequest, ReadAuditResponse, RemoteAuditEntry,
 };
 
 use crate::agent::{Agent, Settings, Source};
@@ -87,6 +88,12 @@ pub struct TtpState {
     pub bad_grant: bool,
     /// Enroll calls accepted.
     pub enrolls: usize,
+    /// The newest checkpoint per domain (kept monotonic, as the TTP does).
+    pub checkpoints: HashMap<DomainId, Checkpoint>,
+    /// Every forwarded Checkpoint, AppendAudit and ReadAudit: (TTP lease id, domain).
+    pub forwarded: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Stored audit entries per domain, in order.
+    pub audit: HashMap<DomainId, Vec<Vec<u8>>>,
 }
 
 pub struct FakeTtp {
@@ -110,6 +117,9 @@ impl FakeTtp {
                 released: Vec::new(),
                 bad_grant: false,
                 enrolls: 0,
+                checkpoints: HashMap::new(),
+                forwarded: Vec::new(),
+                audit: HashMap::new(),
             }),
             get_calls: AtomicUsize::new(0),
             renew_calls: AtomicUsize::new(0),
@@ -207,6 +217,7 @@ impl TtpApi for FakeTtp {
             Granted::ReadOnly
         };
         state.leases.insert(lease_id.clone(), (domain, mode));
+        let checkpoint = state.checkpoints.get(&domain).cloned();
         Ok(GetDomainKeyResponse {
             wrapped_keys: wrap(&plain),
             writer_public_key: vec![1; 32],
@@ -214,6 +225,7 @@ impl TtpApi for FakeTtp {
             lease_id,
             lease_seconds: state.lease_seconds,
             access_list_version: 1,
+            checkpoint,
         })
     }
     async fn renew_lease(&self, lease_id: Vec<u8>, _: Vec<u8>) -> Result<u32, Status> {
@@ -237,6 +249,85 @@ impl TtpApi for FakeTtp {
         state.leases.remove(&lease_id);
         state.released.push(lease_id);
         Ok(())
+    }
+    async fn checkpoint(&self, request: CheckpointRequest) -> Result<CheckpointResponse, Status> {
+        let mut state = self.state();
+        if state.down {
+            return Err(down());
+        }
+        state
+            .forwarded
+            .push((request.lease_id.clone(), request.domain_id.clone()));
+        let domain = state.lease_domain(&request.lease_id, &request.domain_id)?;
+        let mut checkpoint = request.checkpoint.unwrap_or_default();
+        if let Some(old) = state.checkpoints.get(&domain)
+            && old.sequence >= checkpoint.sequence
+        {
+            return Err(Status::failed_precondition(format!(
+                "checkpoint would go back from sequence {} to {}: rollback or a forked volume",
+                old.sequence, checkpoint.sequence
+            )));
+        }
+        checkpoint.host = HOST.into();
+        checkpoint.time_unix = 1234;
+        state.checkpoints.insert(domain, checkpoint.clone());
+        Ok(CheckpointResponse {
+            checkpoint: Some(checkpoint),
+        })
+    }
+    async fn append_audit(
+        &self,
+        request: AppendAuditRequest,
+    ) -> Result<AppendAuditResponse, Status> {
+        let mut state = self.state();
+        if state.down {
+            return Err(down());
+        }
+        state
+            .forwarded
+            .push((request.lease_id.clone(), request.domain_id.clone()));
+        let domain = state.lease_domain(&request.lease_id, &request.domain_id)?;
+        let stored = state.audit.entry(domain).or_default();
+        stored.extend(request.entries.iter().cloned());
+        Ok(AppendAuditResponse {
+            stored: request.entries.len() as u64,
+            last_sequence: stored.len() as u64,
+        })
+    }
+    async fn read_audit(&self, request: ReadAuditRequest) -> Result<ReadAuditResponse, Status> {
+        let mut state = self.state();
+        if state.down {
+            return Err(down());
+        }
+        let domain = SignedMessage::decode(&request.signed_message)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .domain_id;
+        state.forwarded.push((Vec::new(), domain.to_vec()));
+        let entries = state.audit.get(&domain).cloned().unwrap_or_default();
+        Ok(ReadAuditResponse {
+            entries: entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, entry)| RemoteAuditEntry {
+                    sequence: i as u64 + 1,
+                    host: HOST.into(),
+                    received_unix: 1234,
+                    entry,
+                })
+                .filter(|e| e.sequence > request.after)
+                .collect(),
+            more: false,
+        })
+    }
+}
+
+impl TtpState {
+    /// The domain of a live lease, as the TTP checks it.
+    fn lease_domain(&self, lease_id: &[u8], domain_id: &[u8]) -> Result<DomainId, Status> {
+        match self.leases.get(lease_id) {
+            Some((domain, _)) if domain.as_slice() == domain_id => Ok(*domain),
+            _ => Err(Status::not_found("no such lease")),
+        }
     }
 }
 

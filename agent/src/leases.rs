@@ -29,6 +29,12 @@
 //!   counts as the TTP being unreachable and starts the grace period: the key is served
 //!   until max(lease end, first failure + grace), then dropped (GRACE_EXPIRED); a renewal
 //!   that succeeds in between ends the outage (RENEWED).
+//! - Each entry keeps the domain's checkpoint (the volume anchor at the TTP) it was
+//!   granted with, and every cached answer carries it. A checkpoint the TTP accepted
+//!   through this agent, or one a fresh grant for the domain brings, replaces it in every
+//!   entry of the domain when its sequence is not lower. So a cached checkpoint is the
+//!   TTP's, or older (another host anchored since), never newer: a mount may miss a
+//!   rollback younger than its anchor, but never sees a false one.
 //! - Leases live in memory only: an agent restart forgets them (the TTP's read-write
 //!   lease then runs out on its own), and an agent shutdown does not release them, since
 //!   running mounts may still be using their keys.
@@ -42,6 +48,7 @@ use zeroize::Zeroizing;
 
 use domfs_proto::acl::DomainId;
 use domfs_proto::agent::{LeaseInfo, Mode, WatchEvent, watch_event::Kind};
+use domfs_proto::ttp::Checkpoint;
 
 use crate::keys::DomainKeys;
 use crate::peer::ProcessRef;
@@ -95,6 +102,8 @@ pub struct NewLease {
     /// forgot.
     pub signed_message: Vec<u8>,
     pub signature: Vec<u8>,
+    /// The domain's checkpoint at the TTP, as the grant brought it.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// What one caller gets: copies of the keys and the lease's particulars.
@@ -107,10 +116,11 @@ pub struct Grant {
     /// Seconds until the lease's current end (at least 1).
     pub lease_seconds: u32,
     pub access_list_version: u64,
+    pub checkpoint: Option<Checkpoint>,
 }
 
 pub enum Lookup {
-    Hit(Grant),
+    Hit(Box<Grant>),
     Miss,
     /// A read-write lease another live process holds.
     HeldElsewhere {
@@ -169,6 +179,7 @@ struct Entry {
     rw_refused: bool,
     signed_message: Vec<u8>,
     signature: Vec<u8>,
+    checkpoint: Option<Checkpoint>,
     until_ms: u64,
     renew_at_ms: u64,
     renewing: bool,
@@ -196,6 +207,7 @@ impl Entry {
             mode: self.mode,
             lease_seconds: u32::try_from(left).unwrap_or(u32::MAX).max(1),
             access_list_version: self.access_list_version,
+            checkpoint: self.checkpoint.clone(),
         }
     }
 
@@ -313,7 +325,7 @@ impl LeaseTable {
             return Lookup::HeldElsewhere { pid };
         }
         entry.uses.push(caller);
-        Lookup::Hit(entry.grant(&id, now_ms))
+        Lookup::Hit(Box::new(entry.grant(&id, now_ms)))
     }
 
     /// Caches a fresh lease with one use by `caller`. The local lease id is the TTP's.
@@ -330,6 +342,7 @@ impl LeaseTable {
             rw_refused: lease.rw_refused,
             signed_message: lease.signed_message,
             signature: lease.signature,
+            checkpoint: lease.checkpoint,
             until_ms: 0,
             renew_at_ms: 0,
             renewing: false,
@@ -338,6 +351,10 @@ impl LeaseTable {
             watchers: Vec::new(),
         };
         entry.extend(lease.lease_seconds, now_ms);
+        // A fresh grant's checkpoint is the TTP's newest: the domain's other entries take it.
+        if let Some(checkpoint) = &entry.checkpoint {
+            self.note_checkpoint(entry.domain, checkpoint.clone());
+        }
         let grant = entry.grant(&id, now_ms);
         // A per-domain lock in the caller keeps two fresh leases for one key from racing;
         // if one still replaced another here, the older stays tracked under its own id.
@@ -367,6 +384,36 @@ impl LeaseTable {
 
     pub fn domain_of(&self, id: &[u8]) -> Option<DomainId> {
         self.entries.get(id).map(|e| e.domain)
+    }
+
+    /// The TTP's lease behind a local lease id (it changes when the TTP forgot the lease
+    /// and granted it again).
+    pub fn ttp_lease_of(&self, id: &[u8]) -> Option<TtpLease> {
+        self.entries.get(id).map(Entry::ttp_lease)
+    }
+
+    /// A checkpoint of `domain` the TTP holds (it accepted it, or granted with it): every
+    /// entry of the domain keeps it unless it already has a later one.
+    pub fn note_checkpoint(&mut self, domain: DomainId, checkpoint: Checkpoint) {
+        for entry in self.entries.values_mut().filter(|e| e.domain == domain) {
+            let newer = entry
+                .checkpoint
+                .as_ref()
+                .is_none_or(|c| c.sequence <= checkpoint.sequence);
+            if newer {
+                entry.checkpoint = Some(checkpoint.clone());
+            }
+        }
+    }
+
+    /// Has the renewal task look at the lease now (the TTP said it does not know it: a
+    /// renewal finds out and asks for it again).
+    pub fn renew_soon(&mut self, id: &[u8], now_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(id)
+            && !entry.renewing
+        {
+            entry.renew_at_ms = entry.renew_at_ms.min(now_ms);
+        }
     }
 
     /// The signed message and signature a lease was granted for.

@@ -36,6 +36,7 @@ fn lease(id: u8, mode: Granted, seconds: u32) -> NewLease {
         rw_refused: false,
         signed_message: b"message".to_vec(),
         signature: vec![0; 64],
+        checkpoint: None,
     }
 }
 

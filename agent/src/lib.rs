@@ -7,7 +7,8 @@
 //!
 //! - [`server`]: `serve` and `enroll` assembled; [`server::run`] serves a bound socket.
 //! - [`service`]: the gRPC service: caller check ([`peer`]), logging, hand-off to [`agent`].
-//! - [`agent`]: the key decisions: cache or TTP, MODE_BEST, TPM unwrap, release.
+//! - [`agent`]: the key decisions: cache or TTP, MODE_BEST, TPM unwrap, release; and
+//!   Checkpoint, AppendAudit and ReadAudit forwarded to the TTP under the mount's lease.
 //! - [`leases`]: the lease table and its rules (sharing, exclusivity, renewal, grace).
 //! - [`renew`]: the background renewal task.
 //! - [`enroll`]: enrollment with the TTP.

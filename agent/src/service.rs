@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status};
 use domfs_proto::acl::SignedMessage;
 use domfs_proto::agent::agent_server::Agent as AgentRpc;
 use domfs_proto::agent::{
-    GetDomainKeyRequest, GetDomainKeyResponse, Mode, ReleaseKeyRequest, ReleaseKeyResponse,
-    StatusRequest, StatusResponse, WatchEvent, WatchRequest,
+    AgentAppendAuditRequest, AgentAppendAuditResponse, AgentCheckpointRequest,
+    AgentCheckpointResponse, AgentReadAuditRequest, AgentReadAuditResponse, GetDomainKeyRequest,
+    GetDomainKeyResponse, Mode, ReleaseKeyRequest, ReleaseKeyResponse, StatusRequest,
+    StatusResponse, WatchEvent, WatchRequest,
 };
 use domfs_proto::client::describe_status;
 
@@ -100,6 +102,7 @@ impl<U: KeyUnwrapper, T: TtpApi> AgentRpc for AgentService<U, T> {
                     asked = mode.as_str_name(),
                     source = source.as_str(),
                     lease = %hex::encode(&grant.lease_id),
+                    checkpoint = ?grant.checkpoint.as_ref().map(|c| c.sequence),
                     uid = peer.uid,
                     pid = peer.pid(),
                     process = ?peer.name,
@@ -118,6 +121,7 @@ impl<U: KeyUnwrapper, T: TtpApi> AgentRpc for AgentService<U, T> {
                     lease_id: grant.lease_id,
                     lease_seconds: grant.lease_seconds,
                     access_list_version: grant.access_list_version,
+                    checkpoint: grant.checkpoint,
                 }))
             }
             Err(status) => {
@@ -216,5 +220,141 @@ impl<U: KeyUnwrapper, T: TtpApi> AgentRpc for AgentService<U, T> {
             ttp_reachable: reachable,
             leases: self.agent.table().infos(),
         }))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<AgentCheckpointRequest>,
+    ) -> Result<Response<AgentCheckpointResponse>, Status> {
+        let peer = self.admit(&request, "Checkpoint")?;
+        let request = request.into_inner();
+        let sequence = request.checkpoint.as_ref().map(|c| c.sequence);
+        match self
+            .agent
+            .checkpoint(&request.lease_id, request.checkpoint)
+            .await
+        {
+            Ok((anchored, domain)) => {
+                tracing::info!(
+                    domain = %hex::encode(domain),
+                    lease = %hex::encode(&request.lease_id),
+                    sequence = anchored.sequence,
+                    generation = anchored.generation,
+                    audit_sequence = anchored.audit_sequence,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    "checkpoint anchored at the TTP"
+                );
+                Ok(Response::new(AgentCheckpointResponse {
+                    checkpoint: Some(anchored),
+                }))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    lease = %hex::encode(&request.lease_id),
+                    sequence = ?sequence,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    code = ?status.code(),
+                    reason = %describe_status(&status),
+                    "checkpoint refused"
+                );
+                Err(status)
+            }
+        }
+    }
+
+    async fn append_audit(
+        &self,
+        request: Request<AgentAppendAuditRequest>,
+    ) -> Result<Response<AgentAppendAuditResponse>, Status> {
+        let peer = self.admit(&request, "AppendAudit")?;
+        let request = request.into_inner();
+        let count = request.entries.len();
+        match self
+            .agent
+            .append_audit(&request.lease_id, request.entries)
+            .await
+        {
+            Ok((stored, last_sequence, domain)) => {
+                tracing::info!(
+                    domain = %hex::encode(domain),
+                    lease = %hex::encode(&request.lease_id),
+                    stored,
+                    last_sequence,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    "audit entries stored at the TTP"
+                );
+                Ok(Response::new(AgentAppendAuditResponse {
+                    stored,
+                    last_sequence,
+                }))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    lease = %hex::encode(&request.lease_id),
+                    entries = count,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    code = ?status.code(),
+                    reason = %describe_status(&status),
+                    "audit entries not stored"
+                );
+                Err(status)
+            }
+        }
+    }
+
+    async fn read_audit(
+        &self,
+        request: Request<AgentReadAuditRequest>,
+    ) -> Result<Response<AgentReadAuditResponse>, Status> {
+        let peer = self.admit(&request, "ReadAudit")?;
+        let request = request.into_inner();
+        let domain = SignedMessage::decode(&request.signed_message)
+            .map(|m| hex::encode(m.domain_id))
+            .unwrap_or_else(|_| "?".into());
+        let after = request.after;
+        match self
+            .agent
+            .read_audit(
+                request.signed_message,
+                request.signature,
+                request.after,
+                request.limit,
+            )
+            .await
+        {
+            Ok(response) => {
+                tracing::info!(
+                    domain = %domain,
+                    after,
+                    entries = response.entries.len(),
+                    more = response.more,
+                    uid = peer.uid,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    "audit entries read from the TTP"
+                );
+                Ok(Response::new(AgentReadAuditResponse {
+                    entries: response.entries,
+                    more: response.more,
+                }))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    domain = %domain,
+                    after,
+                    uid = peer.uid,
+                    pid = peer.pid(),
+                    process = ?peer.name,
+                    code = ?status.code(),
+                    reason = %describe_status(&status),
+                    "audit read refused"
+                );
+                Err(status)
+            }
+        }
     }
 }

@@ -15,9 +15,10 @@ use domfs_proto::MAX_MESSAGE_BYTES;
 use domfs_proto::client::{ClientError, TlsFiles, ttp_endpoint};
 use domfs_proto::ttp::ttp_client::TtpClient;
 use domfs_proto::ttp::{
-    BeginEnrollmentRequest, EnrollRequest, EnrollResponse, GetDomainKeyRequest,
-    GetDomainKeyResponse, HostStatusRequest, HostStatusResponse, ReleaseLeaseRequest,
-    RenewLeaseRequest,
+    AppendAuditRequest, AppendAuditResponse, BeginEnrollmentRequest, CheckpointRequest,
+    CheckpointResponse, EnrollRequest, EnrollResponse, GetDomainKeyRequest, GetDomainKeyResponse,
+    HostStatusRequest, HostStatusResponse, ReadAuditRequest, ReadAuditResponse,
+    ReleaseLeaseRequest, RenewLeaseRequest,
 };
 
 use crate::error::AgentError;
@@ -46,6 +47,20 @@ pub trait TtpApi: Send + Sync + 'static {
         lease_id: Vec<u8>,
         domain_id: Vec<u8>,
     ) -> impl Future<Output = Result<(), Status>> + Send;
+    /// Anchors a volume (the read-write lease holder).
+    fn checkpoint(
+        &self,
+        request: CheckpointRequest,
+    ) -> impl Future<Output = Result<CheckpointResponse, Status>> + Send;
+    /// Stores a read-only mount's audit entries.
+    fn append_audit(
+        &self,
+        request: AppendAuditRequest,
+    ) -> impl Future<Output = Result<AppendAuditResponse, Status>> + Send;
+    fn read_audit(
+        &self,
+        request: ReadAuditRequest,
+    ) -> impl Future<Output = Result<ReadAuditResponse, Status>> + Send;
 }
 
 /// How a failed TTP call is treated.
@@ -158,6 +173,30 @@ impl TtpApi for TtpLink {
             client.release_lease(request).await?;
             Ok(())
         }
+    }
+
+    fn checkpoint(
+        &self,
+        request: CheckpointRequest,
+    ) -> impl Future<Output = Result<CheckpointResponse, Status>> + Send {
+        let mut client = self.client.clone();
+        async move { Ok(client.checkpoint(request).await?.into_inner()) }
+    }
+
+    fn append_audit(
+        &self,
+        request: AppendAuditRequest,
+    ) -> impl Future<Output = Result<AppendAuditResponse, Status>> + Send {
+        let mut client = self.client.clone();
+        async move { Ok(client.append_audit(request).await?.into_inner()) }
+    }
+
+    fn read_audit(
+        &self,
+        request: ReadAuditRequest,
+    ) -> impl Future<Output = Result<ReadAuditResponse, Status>> + Send {
+        let mut client = self.client.clone();
+        async move { Ok(client.read_audit(request).await?.into_inner()) }
     }
 }
 

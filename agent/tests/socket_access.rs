@@ -17,8 +17,9 @@ use domfs_agent::tpm::TpmError;
 use domfs_agent::ttp::TtpApi;
 use domfs_agent::unwrapper::KeyUnwrapper;
 use domfs_proto::ttp::{
-    EnrollRequest, EnrollResponse, GetDomainKeyRequest, GetDomainKeyResponse, HostState,
-    HostStatusResponse,
+    AppendAuditRequest, AppendAuditResponse, CheckpointRequest, CheckpointResponse, EnrollRequest,
+    EnrollResponse, GetDomainKeyRequest, GetDomainKeyResponse, HostState, HostStatusResponse,
+    ReadAuditRequest, ReadAuditResponse,
 };
 
 const AGENT_UID: u32 = 4321;
@@ -63,6 +64,15 @@ impl TtpApi for StatusOnlyTtp {
         Err(Status::unimplemented("test"))
     }
     async fn release_lease(&self, _: Vec<u8>, _: Vec<u8>) -> Result<(), Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn checkpoint(&self, _: CheckpointRequest) -> Result<CheckpointResponse, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn append_audit(&self, _: AppendAuditRequest) -> Result<AppendAuditResponse, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn read_audit(&self, _: ReadAuditRequest) -> Result<ReadAuditResponse, Status> {
         Err(Status::unimplemented("test"))
     }
 }

@@ -1,7 +1,8 @@
 //! Key release through the agent with a real (software) TPM and the real TTP, both in
 //! this process except swtpm: enrollment and approval, MODE_BEST, the cache, release,
 //! renewal, the TPM refusing after a PCR change, re-enrollment, and revocation; then the
-//! `domfs-agent serve` binary itself, from start to SIGTERM.
+//! `domfs-agent serve` binary itself, from start to SIGTERM, and checkpoints and audit
+//! entries through it.
 //!
 //! Each test starts its own swtpm (Debian package `swtpm`) and its own TTP; without swtpm
 //! they fail.
@@ -28,13 +29,15 @@ use domfs_proto::acl::{Access, AccessList, SignedMessage};
 use domfs_proto::agent::agent_client::AgentClient;
 use domfs_proto::agent::watch_event::Kind;
 use domfs_proto::agent::{
-    GetDomainKeyRequest, GetDomainKeyResponse, Mode, ReleaseKeyRequest, StatusRequest, WatchRequest,
+    AgentAppendAuditRequest, AgentCheckpointRequest, AgentReadAuditRequest, GetDomainKeyRequest,
+    GetDomainKeyResponse, Mode, ReleaseKeyRequest, StatusRequest, WatchRequest,
 };
 use domfs_proto::client::{TlsFiles, connect_agent, connect_ttp};
-use domfs_proto::ttp::{HostState, RegisterDomainRequest};
+use domfs_proto::ttp::{Checkpoint, HostState, RegisterDomainRequest};
 use domfs_ttp::admin::Admin;
 use domfs_ttp::core::{CoreConfig, TtpCore};
 use domfs_ttp::pki::Role;
+use domfs_ttp::registry::Lookup;
 use domfs_ttp::server::Server;
 use domfs_ttp::state::{self, StateDir};
 
@@ -117,6 +120,7 @@ impl TestTtp {
             lease_seconds: LEASE_SECONDS,
             log_file: None,
             echo: false,
+            audit_cap: domfs_ttp::audit_store::DEFAULT_AUDIT_CAP,
         };
         let server = Server::bind(&config, listen).await.unwrap();
         let url = format!("https://{}", server.local_addr());
@@ -456,6 +460,138 @@ async fn the_serve_command_enrolls_serves_and_stops_cleanly() {
     assert!(exit.success(), "{exit:?}; log:\n{}", log_of(&state));
     assert!(!socket.exists(), "the socket is removed at exit");
     assert!(log_of(&state).contains("agent stopped"));
+}
+
+fn checkpoint(sequence: u64) -> Checkpoint {
+    Checkpoint {
+        sequence,
+        generation: sequence * 10,
+        root: vec![sequence as u8; 48],
+        audit_sequence: sequence,
+        audit_head: vec![0xa5; 32],
+        ..Checkpoint::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_and_audit_entries_go_through_the_agent_to_the_ttp() {
+    let ttp = TestTtp::start().await;
+    let swtpm = swtpm();
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    let socket = dir.path().join("run/agent.sock");
+    let mut agent = serve(&ttp, &swtpm, &state, &socket);
+    let mut line = String::new();
+    let read = tokio::task::block_in_place(|| agent.stdout.read_line(&mut line)).unwrap();
+    assert!(read > 0, "serve exited early; its log:\n{}", log_of(&state));
+    ttp.admin().approve_host(HOST).unwrap();
+    let mut client = connect_agent(&socket).await.unwrap();
+
+    // No anchor yet; the mount anchors its volume through the agent.
+    let rw = get(&mut client, Mode::ReadWrite).await.unwrap();
+    assert_eq!(rw.checkpoint, None);
+    let anchored = client
+        .checkpoint(AgentCheckpointRequest {
+            lease_id: rw.lease_id.clone(),
+            checkpoint: Some(checkpoint(3)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint
+        .unwrap();
+    assert_eq!((anchored.sequence, anchored.host.as_str()), (3, HOST));
+    assert!(anchored.time_unix > 0);
+    let anchor = ttp
+        .core
+        .registry()
+        .read()
+        .unwrap()
+        .checkpoint(&DOMAIN)
+        .unwrap();
+    assert_eq!(anchor.map(|c| c.sequence), Some(3));
+
+    // Going back is refused by the TTP, and the agent passes its code and words on.
+    let status = client
+        .checkpoint(AgentCheckpointRequest {
+            lease_id: rw.lease_id.clone(),
+            checkpoint: Some(checkpoint(2)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().starts_with(
+            "checkpoint would go back from sequence 3 to 2: rollback or a forked volume"
+        ),
+        "{status:?}"
+    );
+
+    // A cached answer carries the accepted checkpoint.
+    let cached = get(&mut client, Mode::ReadWrite).await.unwrap();
+    assert_eq!(cached.lease_id, rw.lease_id);
+    assert_eq!(cached.checkpoint, Some(anchored.clone()));
+
+    // Audit entries, stored at the TTP under the lease and read back through the agent.
+    let stored = client
+        .append_audit(AgentAppendAuditRequest {
+            lease_id: rw.lease_id.clone(),
+            entries: vec![b"open /a".to_vec(), b"open /b".to_vec()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stored.stored, stored.last_sequence), (2, 2));
+    let (signed_message, signature) = header();
+    let read = client
+        .read_audit(AgentReadAuditRequest {
+            signed_message,
+            signature,
+            after: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let entries: Vec<(&str, &[u8])> = read
+        .entries
+        .iter()
+        .map(|e| (e.host.as_str(), e.entry.as_slice()))
+        .collect();
+    assert_eq!(entries, [(HOST, &b"open /a"[..]), (HOST, &b"open /b"[..])]);
+    assert!(!read.more);
+
+    // Both uses given back: a fresh grant from the TTP carries the anchor too.
+    release(&mut client, &rw.lease_id).await;
+    release(&mut client, &rw.lease_id).await;
+    let fresh = get(&mut client, Mode::ReadWrite).await.unwrap();
+    assert_ne!(fresh.lease_id, rw.lease_id);
+    assert_eq!(fresh.checkpoint, Some(anchored));
+
+    let log = log_of(&state);
+    assert!(log.contains("checkpoint anchored at the TTP"), "{log}");
+    assert!(log.contains("checkpoint refused"), "{log}");
+    assert!(log.contains("audit entries stored at the TTP"), "{log}");
+    assert!(log.contains("audit entries read from the TTP"), "{log}");
+
+    // The TTP goes away: UNAVAILABLE, so the daemon keeps its checkpoint and retries.
+    drop(ttp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let status = client
+            .checkpoint(AgentCheckpointRequest {
+                lease_id: fresh.lease_id.clone(),
+                checkpoint: Some(checkpoint(4)),
+            })
+            .await
+            .unwrap_err();
+        if status.code() == Code::Unavailable || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("cannot be reached"), "{status:?}");
 }
 
 /// A free loopback port (free when this returns; the test takes it soon after).

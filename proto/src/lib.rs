@@ -9,18 +9,30 @@
 pub mod acl;
 pub mod client;
 
-/// `domfs.ttp.v1`: key release, enrollment, domain registration, and the operator's admin
-/// service.
+/// The generated code, in modules that follow the proto packages (so that the agent's
+/// messages can name `domfs.ttp.v1` types); use it through [`ttp`] and [`agent`].
 #[allow(clippy::all, missing_docs)]
-pub mod ttp {
-    tonic::include_proto!("domfs.ttp.v1");
+pub mod pb {
+    pub mod domfs {
+        pub mod ttp {
+            pub mod v1 {
+                tonic::include_proto!("domfs.ttp.v1");
+            }
+        }
+        pub mod agent {
+            pub mod v1 {
+                tonic::include_proto!("domfs.agent.v1");
+            }
+        }
+    }
 }
 
+/// `domfs.ttp.v1`: key release, enrollment, domain registration, volume checkpoints and
+/// remote audit entries, and the operator's admin service.
+pub use pb::domfs::ttp::v1 as ttp;
+
 /// `domfs.agent.v1`: what a mount daemon asks of its host's agent.
-#[allow(clippy::all, missing_docs)]
-pub mod agent {
-    tonic::include_proto!("domfs.agent.v1");
-}
+pub use pb::domfs::agent::v1 as agent;
 
 /// The largest gRPC message either side accepts (decoded), in bytes: the biggest
 /// legitimate one carries a 48 KiB signed message.
@@ -32,3 +44,18 @@ pub const KEY_WRAP_LABEL: &[u8] = b"domfs domain key v1\0";
 
 /// Length of a domain key and of a writer key seed.
 pub const KEY_LEN: usize = 32;
+
+/// Length of a checkpoint's root pointer (physical block, generation, tag), in bytes.
+pub const CHECKPOINT_ROOT_LEN: usize = 48;
+/// Length of a checkpoint's audit head (the MAC of the last audit entry), in bytes.
+pub const AUDIT_HEAD_LEN: usize = 32;
+
+/// The largest audit entry AppendAudit takes, in bytes.
+pub const MAX_AUDIT_ENTRY: usize = 8 * 1024;
+/// The most entries one AppendAudit call takes.
+pub const MAX_AUDIT_ENTRIES: usize = 1024;
+/// The most entry bytes one AppendAudit call takes in all: the request must stay within
+/// [`MAX_MESSAGE_BYTES`], so a daemon batches by this as well as by count.
+pub const MAX_AUDIT_BATCH: usize = 96 * 1024;
+/// The most entries one ReadAudit answer holds (also the limit a request may ask for).
+pub const MAX_AUDIT_READ: u32 = 10_000;

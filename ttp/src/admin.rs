@@ -10,7 +10,9 @@ use ed25519_dalek::VerifyingKey;
 use crate::core::now_unix;
 use crate::decision_log::{DecisionLog, Subject};
 use crate::error::{Error, Result};
-use crate::records::{DomainRecord, HostRecord, HostState, ManagerRecord, RwLease};
+use crate::records::{
+    CheckpointRecord, DomainRecord, HostRecord, HostState, ManagerRecord, RwLease,
+};
 use crate::registry::{Lookup, Registry};
 use crate::secret::Secret32;
 use crate::state::StateDir;
@@ -70,6 +72,7 @@ pub fn domain_record(
     id: &DomainId,
     domain: &DomainRecord,
     lease: Option<&RwLease>,
+    checkpoint: Option<&CheckpointRecord>,
     now: u64,
 ) -> wire::DomainRecord {
     let grants = SignedMessage::decode(&domain.signed_message)
@@ -92,6 +95,7 @@ pub fn domain_record(
         rw_lease_holder: live.map(|l| l.holder.clone()).unwrap_or_default(),
         rw_lease_until_unix: live.map(|l| l.expires_unix).unwrap_or_default(),
         registered_unix: domain.registered_unix,
+        checkpoint: checkpoint.map(CheckpointRecord::to_wire),
     }
 }
 
@@ -234,21 +238,29 @@ impl Admin<'_> {
 
     pub fn list_domains(&self) -> Result<Vec<wire::DomainRecord>> {
         let now = now_unix();
-        Ok(self
-            .registry
-            .read()?
-            .domains()?
+        let read = self.registry.read()?;
+        read.domains()?
             .iter()
-            .map(|(id, d, lease)| domain_record(id, d, lease.as_ref(), now))
-            .collect())
+            .map(|(id, d, lease)| {
+                let checkpoint = read.checkpoint(id)?;
+                Ok(domain_record(
+                    id,
+                    d,
+                    lease.as_ref(),
+                    checkpoint.as_ref(),
+                    now,
+                ))
+            })
+            .collect()
     }
 
     pub fn destroy_domain(&self, id_text: &str) -> Result<wire::DomainRecord> {
         let result = (|| {
             let id = parse_domain_id(id_text)?;
             let record = crate::domains::destroy(self.registry, &id)?;
+            let checkpoint = self.registry.read()?.checkpoint(&id)?;
             Ok((
-                domain_record(&id, &record, None, now_unix()),
+                domain_record(&id, &record, None, checkpoint.as_ref(), now_unix()),
                 "destroyed: r erased; leases end at their next renewal".to_string(),
             ))
         })();

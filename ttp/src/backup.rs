@@ -14,15 +14,21 @@
 //! Payload: `u8 1`, `u32` entry count, then per entry a `u32`-length-prefixed name and a
 //! `u32`-length-prefixed body. Entries: the files `master.key`, `ca.crt`, `ca.key`,
 //! `server.crt`, `server.key`; `table:NAME` for `managers`, `hosts`, `domains`,
-//! `rw_leases` (body: `u32` row count, rows of prefixed key and value, the registry's own
-//! record encodings); `nonces` (body: `u32` count, then 16-byte domain id ‖ 32-byte r).
+//! `rw_leases` and `checkpoints` (body: `u32` row count, rows of prefixed key and value,
+//! the registry's own record encodings; backups made before volumes were anchored have no
+//! `checkpoints`); `nonces` (body: `u32` count, then 16-byte domain id ‖ 32-byte r).
+//!
+//! The audit entries read-only hosts stored (`audit.redb`, up to the audit cap per
+//! domain) are not in a backup: copy that file while the server is stopped.
 //!
 //! Restore (`domfs-ttp restore --state NEWDIR --from FILE --key KEYFILE`) writes a new
 //! state directory (which must not exist or be empty) with the same K_TTP, CA, server
 //! certificate and registry, so every domain key derives exactly as before. A domain
 //! destroyed while the snapshot was taken comes back destroyed. Backups taken before a
 //! domain was destroyed still hold its r: crypto-shredding is complete only once those are
-//! gone too.
+//! gone too. Restoring an old backup brings back older checkpoints: volumes then
+//! still mount (their sequence is ahead), but a rollback to a copy between the backup's
+//! checkpoint and the latest one goes unnoticed.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use domfs_proto::acl::DomainId;
@@ -41,7 +47,7 @@ const FILES: [&str; 5] = [
     state::SERVER_CERT,
     state::SERVER_KEY,
 ];
-const TABLES: [&str; 4] = ["managers", "hosts", "domains", "rw_leases"];
+const TABLES: [&str; 5] = ["managers", "hosts", "domains", "rw_leases", "checkpoints"];
 /// Certificates and keys are a few KiB; a bound keeps a damaged backup from asking much.
 const MAX_FILE: usize = 64 * 1024;
 const MAX_BODY: usize = 1 << 30;

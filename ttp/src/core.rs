@@ -1,7 +1,7 @@
 //! [`TtpCore`]: the state a running TTP decides with (registry, K_TTP, leases, enrollment
-//! nonces, decision log), and the checks every request shares. The requests themselves are
-//! in [`crate::enroll`], [`crate::domains`] and [`crate::release`]; [`crate::service`]
-//! puts them on gRPC.
+//! nonces, audit store, decision log), and the checks every request shares. The requests
+//! themselves are in [`crate::enroll`], [`crate::domains`], [`crate::release`],
+//! [`crate::checkpoint`] and [`crate::remote_audit`]; [`crate::service`] puts them on gRPC.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use domfs_proto::acl::{Access, AccessList, DomainId, SignedMessage};
 
+use crate::audit_store::{AUDIT_FILE, AuditStore};
 use crate::decision_log::DecisionLog;
+use crate::domains::acl_refusal;
 use crate::enroll::EnrollmentNonces;
 use crate::leases::RoLeases;
 use crate::pki::{Peer, Role};
@@ -31,6 +33,8 @@ pub struct TtpCore {
     pub(crate) ro_leases: RoLeases,
     pub(crate) enrollment: EnrollmentNonces,
     pub(crate) log: DecisionLog,
+    pub(crate) audit: AuditStore,
+    pub(crate) audit_cap: u64,
 }
 
 /// How a [`TtpCore`] is set up.
@@ -42,6 +46,8 @@ pub struct CoreConfig {
     pub log_file: Option<PathBuf>,
     /// Echo decisions to stderr.
     pub echo: bool,
+    /// The most audit bytes one domain may store ([`crate::audit_store::DEFAULT_AUDIT_CAP`]).
+    pub audit_cap: u64,
 }
 
 impl TtpCore {
@@ -60,6 +66,7 @@ impl TtpCore {
             .clone()
             .unwrap_or_else(|| config.state.default_log());
         let log = DecisionLog::open(&log_path, config.echo)?;
+        let audit = AuditStore::open(&config.state.file(AUDIT_FILE))?;
         Ok(TtpCore {
             registry,
             master,
@@ -68,6 +75,8 @@ impl TtpCore {
             ro_leases: RoLeases::default(),
             enrollment: EnrollmentNonces::default(),
             log,
+            audit,
+            audit_cap: config.audit_cap,
         })
     }
 
@@ -87,8 +96,35 @@ impl TtpCore {
         &self.ro_leases
     }
 
+    pub fn audit_store(&self) -> &AuditStore {
+        &self.audit
+    }
+
     pub(crate) fn lease_until(&self, now: u64) -> u64 {
         now.saturating_add(u64::from(self.lease_seconds))
+    }
+
+    /// The mode of the caller's live lease `lease_id` on domain `id`; `None` when it holds
+    /// no such lease (unknown, another host's, another domain's, expired, released).
+    pub(crate) fn live_lease(
+        &self,
+        view: &impl Lookup,
+        peer: &Peer,
+        id: &DomainId,
+        lease_id: &[u8; 16],
+        now: u64,
+    ) -> Result<Option<Access>, Refusal> {
+        if let Some(lease) = self.ro_leases.get(lease_id)
+            && lease.host == peer.name
+            && lease.domain == *id
+            && lease.expires_unix > now
+        {
+            return Ok(Some(Access::ReadOnly));
+        }
+        let rw = view.rw_lease(id)?.is_some_and(|l| {
+            l.lease_id == *lease_id && l.holder == peer.name && l.expires_unix > now
+        });
+        Ok(rw.then_some(Access::ReadWrite))
     }
 }
 
@@ -173,6 +209,32 @@ pub(crate) fn registered_list(record: &DomainRecord) -> Result<AccessList, Refus
                 e.to_string(),
             ))
         })
+}
+
+/// Checks a signed message a host presents (as read from a volume header) against the
+/// domain's registry record: it must verify with the pinned manager key and carry the
+/// newest registered version (older: a rollback to a list that may still name a revoked
+/// host; newer: never registered).
+pub(crate) fn check_presented(
+    domain: &DomainRecord,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Refusal> {
+    let presented = domfs_proto::acl::verify(message, signature, &domain.manager_key)
+        .map_err(|e| acl_refusal(e, "the manager key pinned for this domain"))?;
+    let (asked, registered) = (presented.message.version, domain.version);
+    if asked < registered {
+        return Err(Refusal::denied(format!(
+            "access list version {asked} is older than the registered version {registered}"
+        )));
+    }
+    if asked > registered {
+        return Err(Refusal::denied(format!(
+            "access list version {asked} was never registered (the newest registered is \
+             {registered})"
+        )));
+    }
+    Ok(())
 }
 
 /// What an authorised host gets to work with.

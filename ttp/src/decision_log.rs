@@ -8,7 +8,8 @@
 //!
 //! Fields are `key=value`, in this order; an unknown field is `-`. `op` is one of
 //! `begin-enrollment`, `enroll`, `host-status`, `register-domain`, `update-access-list`,
-//! `get-domain-key`, `renew-lease`, `release-lease`, and for operator actions `admin-*`.
+//! `get-domain-key`, `renew-lease`, `release-lease`, `checkpoint`, `append-audit`
+//! (one line per call, not per entry), `read-audit`, and for operator actions `admin-*`.
 //! `host` is the caller's certificate name (for admin actions the host acted on).
 //! `reason` is quoted; `"` and `\` are escaped with `\`, control characters as `\xNN`.
 //! Log lines are not synced (the release path stays free of fsync); the registry is the

@@ -10,8 +10,9 @@
 //! - [`records`], [`nonces`], [`registry`]: what the TTP remembers, crash-safe, with the
 //!   domains' r in a file that is overwritten in place when a domain is destroyed;
 //! - [`derive`]: K and the writer key from K_TTP; [`attest`] and [`wrap`]: the TPM side;
-//! - [`core`] with [`enroll`], [`domains`], [`release`]: the decisions, each logged by
-//!   [`decision_log`] and refused with a [`refusal::Refusal`];
+//! - [`core`] with [`enroll`], [`domains`], [`release`], [`checkpoint`] (volume anchors)
+//!   and [`remote_audit`] (read-only hosts' audit entries, kept in [`audit_store`]): the
+//!   decisions, each logged by [`decision_log`] and refused with a [`refusal::Refusal`];
 //! - [`service`] and [`admin_service`]: the gRPC services; [`admin`]: the operator's
 //!   commands, reaching the server over its socket or the registry directly
 //!   ([`admin_client`]); [`backup`];
@@ -22,7 +23,9 @@ pub mod admin;
 pub mod admin_client;
 pub mod admin_service;
 pub mod attest;
+pub mod audit_store;
 pub mod backup;
+pub mod checkpoint;
 pub mod core;
 pub mod decision_log;
 pub mod derive;
@@ -36,6 +39,7 @@ pub mod records;
 pub mod refusal;
 pub mod registry;
 pub mod release;
+pub mod remote_audit;
 pub mod secret;
 pub mod server;
 pub mod service;

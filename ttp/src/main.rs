@@ -73,6 +73,10 @@ enum Command {
         /// The decision log (appended to); default DIR/ttp.log.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
+        /// The most audit entries one domain may store for its read-only hosts, in bytes
+        /// (suffixes K, M, G, T: powers of 1024); beyond it AppendAudit is refused.
+        #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
+        audit_cap: u64,
     },
     /// Domain manager keys the TTP accepts for new domains.
     #[command(subcommand)]
@@ -231,7 +235,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             lease,
             log,
-        } => serve(state, listen, lease, log).await,
+            audit_cap,
+        } => serve(state, listen, lease, log, audit_cap).await,
         Command::Managers(ManagersCommand::Add {
             state,
             name,
@@ -318,6 +323,7 @@ async fn serve(
     listen: SocketAddr,
     lease: u32,
     log: Option<PathBuf>,
+    audit_cap: u64,
 ) -> anyhow::Result<()> {
     // K_TTP must not end up in a core dump.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
@@ -329,6 +335,7 @@ async fn serve(
         lease_seconds: lease,
         log_file: log,
         echo: true,
+        audit_cap,
     };
     let server = Server::bind(&config, listen).await?;
     println!("domfs-ttp: listening on https://{}", server.local_addr());
@@ -346,4 +353,44 @@ async fn serve(
     };
     server.run(shutdown).await?;
     Ok(())
+}
+
+/// A size in bytes: digits, optionally followed by K, M, G or T (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix {c:?} (K, M, G or T)")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1G, 512M, 1048576)"))?;
+    match value.checked_mul(1u64 << shift) {
+        Some(0) => Err("the size must be more than 0".to_string()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text} is too large")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("1G"), Ok(1 << 30));
+        assert_eq!(super::parse_size("512m"), Ok(512 << 20));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("0").is_err());
+        assert!(super::parse_size("1X").is_err());
+        assert!(super::parse_size("G").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
 }

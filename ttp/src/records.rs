@@ -6,6 +6,7 @@
 //! or out of range, so a damaged registry gives an error naming the record.
 
 use domfs_proto::acl::{DomainId, MAX_HOST_NAME_LEN, MAX_META_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use domfs_proto::{AUDIT_HEAD_LEN, CHECKPOINT_ROOT_LEN};
 
 use crate::error::{Error, Result};
 
@@ -106,6 +107,74 @@ pub struct RwLease {
     pub expires_unix: u64,
     /// The list version the lease was granted (or last renewed) under.
     pub version: u64,
+}
+
+/// A domain's newest checkpoint: the anchor a mount checks its volume against
+/// ([`crate::checkpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// The superblock's commit counter.
+    pub sequence: u64,
+    pub generation: u64,
+    pub root: [u8; CHECKPOINT_ROOT_LEN],
+    pub audit_sequence: u64,
+    /// Empty (no audit entry yet) or [`AUDIT_HEAD_LEN`] bytes.
+    pub audit_head: Vec<u8>,
+    /// When the TTP accepted it.
+    pub time_unix: u64,
+    /// The host that reported it.
+    pub host: String,
+}
+
+impl CheckpointRecord {
+    /// Whether `other` describes the same volume state (the TTP's time and the host
+    /// aside): the same sequence must always come with the same contents.
+    pub fn same_state(&self, other: &CheckpointRecord) -> bool {
+        self.sequence == other.sequence
+            && self.generation == other.generation
+            && self.root == other.root
+            && self.audit_sequence == other.audit_sequence
+            && self.audit_head == other.audit_head
+    }
+
+    pub fn to_wire(&self) -> domfs_proto::ttp::Checkpoint {
+        domfs_proto::ttp::Checkpoint {
+            sequence: self.sequence,
+            generation: self.generation,
+            root: self.root.to_vec(),
+            audit_sequence: self.audit_sequence,
+            audit_head: self.audit_head.clone(),
+            time_unix: self.time_unix,
+            host: self.host.clone(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.sequence);
+        w.u64(self.generation);
+        w.raw(&self.root);
+        w.u64(self.audit_sequence);
+        w.bytes(&self.audit_head);
+        w.u64(self.time_unix);
+        w.bytes(self.host.as_bytes());
+        w.0
+    }
+
+    pub fn decode(id: &DomainId, bytes: &[u8]) -> Result<CheckpointRecord> {
+        let mut r = Reader::open(bytes, || format!("checkpoint of {}", hex::encode(id)))?;
+        let record = CheckpointRecord {
+            sequence: r.u64()?,
+            generation: r.u64()?,
+            root: r.array()?,
+            audit_sequence: r.u64()?,
+            audit_head: r.bytes(AUDIT_HEAD_LEN)?.to_vec(),
+            time_unix: r.u64()?,
+            host: r.text(MAX_HOST_NAME_LEN)?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
 }
 
 impl ManagerRecord {
@@ -391,6 +460,19 @@ mod tests {
             version: 2,
         };
         assert_eq!(RwLease::decode(&[0; 16], &l.encode()).ok(), Some(l));
+        let c = CheckpointRecord {
+            sequence: 9,
+            generation: 40,
+            root: [7; CHECKPOINT_ROOT_LEN],
+            audit_sequence: 3,
+            audit_head: vec![8; AUDIT_HEAD_LEN],
+            time_unix: 5,
+            host: "db1".into(),
+        };
+        assert_eq!(
+            CheckpointRecord::decode(&[0; 16], &c.encode()).ok(),
+            Some(c)
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! |---|---|
 //! | `PERMISSION_DENIED` | policy: wrong role, not in the list, not approved, revoked, destroyed, bad signature, old list |
 //! | `INVALID_ARGUMENT` | malformed input: sizes, encodings, a list that does not parse |
-//! | `FAILED_PRECONDITION` | another host holds the read-write lease |
-//! | `NOT_FOUND` | unknown domain or lease |
+//! | `FAILED_PRECONDITION` | another host holds the read-write lease; a checkpoint that would go backwards |
+//! | `NOT_FOUND` | unknown domain or lease (for Checkpoint and AppendAudit: no live lease of the caller) |
 //! | `ALREADY_EXISTS` | a domain id registered before |
 //! | `UNAUTHENTICATED` | no usable client certificate |
-//! | `RESOURCE_EXHAUSTED` | too many outstanding leases |
+//! | `RESOURCE_EXHAUSTED` | too many outstanding leases; a domain's audit store is full (the audit cap) |
 //! | `INTERNAL` | the registry failed; the details go to the log only |
 
 use tonic::Code;

@@ -1,4 +1,5 @@
-//! The TTP's registry: managers, hosts, domains and read-write leases in a redb database
+//! The TTP's registry: managers, hosts, domains, read-write leases and the domains'
+//! checkpoints (volume anchors) in a redb database
 //! (`registry.redb`, crash-safe: every write transaction is synced on commit), and the
 //! domains' nonces r in the in-place [`NonceStore`].
 //!
@@ -14,13 +15,16 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 
 use crate::error::{Error, Result};
 use crate::nonces::NonceStore;
-use crate::records::{DomainRecord, HostRecord, ManagerRecord, RwLease};
+use crate::records::{CheckpointRecord, DomainRecord, HostRecord, ManagerRecord, RwLease};
 use crate::secret::Secret32;
 
 pub(crate) const MANAGERS: TableDefinition<&str, &[u8]> = TableDefinition::new("managers");
 pub(crate) const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 pub(crate) const DOMAINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("domains");
 pub(crate) const LEASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rw_leases");
+/// Added after format 1 was first written: a registry made before has no such table until
+/// the first checkpoint is stored (reads treat a missing table as empty).
+pub(crate) const CHECKPOINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkpoints");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
 
@@ -44,6 +48,8 @@ pub trait Lookup {
     fn manager(&self, name: &str) -> Result<Option<ManagerRecord>>;
     /// The name a manager key was added under.
     fn manager_by_key(&self, key: &[u8]) -> Result<Option<String>>;
+    /// The domain's newest checkpoint.
+    fn checkpoint(&self, id: &DomainId) -> Result<Option<CheckpointRecord>>;
 }
 
 /// A consistent read-only snapshot of the registry.
@@ -70,6 +76,7 @@ impl Registry {
             txn.open_table(HOSTS)?;
             txn.open_table(DOMAINS)?;
             txn.open_table(LEASES)?;
+            txn.open_table(CHECKPOINTS)?;
             txn.open_table(META)?.insert("format", FORMAT)?;
         }
         txn.commit()?;
@@ -201,6 +208,18 @@ macro_rules! lookup_impl {
                 }
                 Ok(None)
             }
+
+            fn checkpoint(&self, id: &DomainId) -> Result<Option<CheckpointRecord>> {
+                let table = match self.txn.open_table(CHECKPOINTS) {
+                    Ok(table) => table,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let value = table.get(id.as_slice())?;
+                value
+                    .map(|v| CheckpointRecord::decode(id, v.value()))
+                    .transpose()
+            }
         }
     };
 }
@@ -257,8 +276,16 @@ impl ReadCtx {
             }
             out.push((name, rows));
         }
-        for (name, def) in [("domains", DOMAINS), ("rw_leases", LEASES)] {
-            let table = self.txn.open_table(def)?;
+        for (name, def) in [
+            ("domains", DOMAINS),
+            ("rw_leases", LEASES),
+            ("checkpoints", CHECKPOINTS),
+        ] {
+            let table = match self.txn.open_table(def) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
             let mut rows = Vec::new();
             for entry in table.iter()? {
                 let (k, v) = entry?;
@@ -299,6 +326,13 @@ impl WriteCtx {
         Ok(())
     }
 
+    pub fn put_checkpoint(&self, id: &DomainId, checkpoint: &CheckpointRecord) -> Result<()> {
+        self.txn
+            .open_table(CHECKPOINTS)?
+            .insert(id.as_slice(), checkpoint.encode().as_slice())?;
+        Ok(())
+    }
+
     pub fn remove_rw_lease(&self, id: &DomainId) -> Result<()> {
         self.txn.open_table(LEASES)?.remove(id.as_slice())?;
         Ok(())
@@ -322,6 +356,10 @@ impl WriteCtx {
             }
             "rw_leases" => {
                 self.txn.open_table(LEASES)?.insert(key, value)?;
+            }
+            "checkpoints" => {
+                CheckpointRecord::decode(&domain_id(key)?, value)?;
+                self.txn.open_table(CHECKPOINTS)?.insert(key, value)?;
             }
             other => return Err(Error::Backup(format!("unknown table {other:?}"))),
         }

@@ -6,22 +6,22 @@
 //! made on the *registered* list ([`crate::core::authorise`]). A read-only grant reads one
 //! registry snapshot and keeps its lease in memory (no sync on this path); a read-write
 //! grant decides, takes the domain's one read-write lease and commits, all in one write
-//! transaction, so two hosts cannot both win it.
+//! transaction, so two hosts cannot both win it. Every grant carries the domain's newest
+//! checkpoint ([`crate::checkpoint`]) from the same snapshot.
 
 use domfs_proto::KEY_LEN;
-use domfs_proto::acl::{self, Access, DomainId};
+use domfs_proto::acl::{Access, DomainId};
 use domfs_proto::ttp::{
     GetDomainKeyRequest, GetDomainKeyResponse, ReleaseLeaseRequest, ReleaseLeaseResponse,
     RenewLeaseRequest, RenewLeaseResponse,
 };
 
 use crate::core::{
-    Authorised, TtpCore, authorise, claimed, exact, format_unix, mode_of, now_unix, proto_mode,
-    require_role,
+    Authorised, TtpCore, authorise, check_presented, claimed, exact, format_unix, mode_of,
+    now_unix, proto_mode, require_role,
 };
 use crate::decision_log::Subject;
 use crate::derive;
-use crate::domains::acl_refusal;
 use crate::leases::RoLease;
 use crate::pki::{Peer, Role};
 use crate::records::RwLease;
@@ -66,10 +66,11 @@ impl TtpCore {
         let mut lease_id = [0u8; 16];
         crate::error::random(&mut lease_id)?;
 
-        let wrapped = match mode {
+        let (wrapped, checkpoint) = match mode {
             Access::ReadOnly => {
                 let read = self.registry.read()?;
                 let authorised = self.check(&read, peer, &id, request, mode)?;
+                let checkpoint = read.checkpoint(&id)?;
                 let wrapped = self.wrap(peer, &id, &authorised, mode)?;
                 self.ro_leases.insert(
                     lease_id,
@@ -80,7 +81,7 @@ impl TtpCore {
                     },
                     now,
                 )?;
-                wrapped
+                (wrapped, checkpoint)
             }
             Access::ReadWrite => {
                 let write = self.registry.write()?;
@@ -95,6 +96,7 @@ impl TtpCore {
                         format_unix(lease.expires_unix)
                     )));
                 }
+                let checkpoint = write.checkpoint(&id)?;
                 let wrapped = self.wrap(peer, &id, &authorised, mode)?;
                 write.put_rw_lease(
                     &id,
@@ -106,13 +108,17 @@ impl TtpCore {
                     },
                 )?;
                 write.commit()?;
-                wrapped
+                (wrapped, checkpoint)
             }
         };
         let detail = format!(
-            "granted: lease {} for {} s",
+            "granted: lease {} for {} s, {}",
             hex::encode(lease_id),
-            self.lease_seconds
+            self.lease_seconds,
+            match &checkpoint {
+                Some(c) => format!("checkpoint {}", c.sequence),
+                None => "no checkpoint yet".to_string(),
+            }
         );
         Ok((
             GetDomainKeyResponse {
@@ -122,6 +128,7 @@ impl TtpCore {
                 lease_id: lease_id.to_vec(),
                 lease_seconds: self.lease_seconds,
                 access_list_version: wrapped.version,
+                checkpoint: checkpoint.map(|c| c.to_wire()),
             },
             detail,
         ))
@@ -146,24 +153,7 @@ impl TtpCore {
                 hex::encode(id)
             )));
         }
-        let presented = acl::verify(
-            &request.signed_message,
-            &request.signature,
-            &domain.manager_key,
-        )
-        .map_err(|e| acl_refusal(e, "the manager key pinned for this domain"))?;
-        let (asked, registered) = (presented.message.version, domain.version);
-        if asked < registered {
-            return Err(Refusal::denied(format!(
-                "access list version {asked} is older than the registered version {registered}"
-            )));
-        }
-        if asked > registered {
-            return Err(Refusal::denied(format!(
-                "access list version {asked} was never registered (the newest registered is \
-                 {registered})"
-            )));
-        }
+        check_presented(&domain, &request.signed_message, &request.signature)?;
         authorise(view, &peer.name, id, mode)
     }
 

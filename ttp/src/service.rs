@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use domfs_proto::ttp::ttp_server::Ttp;
 use domfs_proto::ttp::{
-    BeginEnrollmentRequest, BeginEnrollmentResponse, EnrollRequest, EnrollResponse,
-    GetDomainKeyRequest, GetDomainKeyResponse, HostStatusRequest, HostStatusResponse,
-    RegisterDomainRequest, RegisterDomainResponse, ReleaseLeaseRequest, ReleaseLeaseResponse,
-    RenewLeaseRequest, RenewLeaseResponse, UpdateAccessListRequest, UpdateAccessListResponse,
+    AppendAuditRequest, AppendAuditResponse, BeginEnrollmentRequest, BeginEnrollmentResponse,
+    CheckpointRequest, CheckpointResponse, EnrollRequest, EnrollResponse, GetDomainKeyRequest,
+    GetDomainKeyResponse, HostStatusRequest, HostStatusResponse, ReadAuditRequest,
+    ReadAuditResponse, RegisterDomainRequest, RegisterDomainResponse, ReleaseLeaseRequest,
+    ReleaseLeaseResponse, RenewLeaseRequest, RenewLeaseResponse, UpdateAccessListRequest,
+    UpdateAccessListResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -137,5 +139,27 @@ impl Ttp for TtpService {
     ) -> Result<Response<ReleaseLeaseResponse>, Status> {
         self.call("release-lease", request, TtpCore::release_lease)
             .await
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
+        self.call("checkpoint", request, TtpCore::checkpoint).await
+    }
+
+    async fn append_audit(
+        &self,
+        request: Request<AppendAuditRequest>,
+    ) -> Result<Response<AppendAuditResponse>, Status> {
+        self.call("append-audit", request, TtpCore::append_audit)
+            .await
+    }
+
+    async fn read_audit(
+        &self,
+        request: Request<ReadAuditRequest>,
+    ) -> Result<Response<ReadAuditResponse>, Status> {
+        self.call("read-audit", request, TtpCore::read_audit).await
     }
 }

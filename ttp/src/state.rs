@@ -5,8 +5,9 @@
 //! | `master.key` | 0600 | K_TTP, 32 random bytes; never leaves the TTP except inside an encrypted backup |
 //! | `ca.crt`, `ca.key` | 0644, 0600 | the CA that issues every TLS certificate |
 //! | `server.crt`, `server.key` | 0644, 0600 | the server's certificate (SANs from `init`) |
-//! | `registry.redb` | 0600 | managers, hosts, domains, read-write leases ([`crate::registry`]) |
+//! | `registry.redb` | 0600 | managers, hosts, domains, read-write leases, checkpoints ([`crate::registry`]) |
 //! | `domain-nonces` | 0600 | the domains' r, overwritten in place on destroy ([`crate::nonces`]) |
+//! | `audit.redb` | 0600 | read-only hosts' audit entries, per domain ([`crate::audit_store`]); made by `serve` |
 //! | `admin.sock` | 0600 | the operator's socket, while `serve` runs |
 //! | `ttp.log` | 0600 | the decision log (default `--log`) |
 

@@ -213,6 +213,15 @@ pub fn print_domains(domains: &[DomainRecord], as_json: bool) -> anyhow::Result<
                     "rw_lease_holder": d.rw_lease_holder,
                     "rw_lease_until_unix": d.rw_lease_until_unix,
                     "registered_unix": d.registered_unix,
+                    "checkpoint": d.checkpoint.as_ref().map(|c| json!({
+                        "sequence": c.sequence,
+                        "generation": c.generation,
+                        "root": hex::encode(&c.root),
+                        "audit_sequence": c.audit_sequence,
+                        "audit_head": hex::encode(&c.audit_head),
+                        "time_unix": c.time_unix,
+                        "host": c.host,
+                    })),
                 }))
                 .collect::<Vec<_>>()
         ));
@@ -229,19 +238,30 @@ pub fn print_domains(domains: &[DomainRecord], as_json: bool) -> anyhow::Result<
                     when(d.rw_lease_until_unix)
                 )
             };
+            let checkpoint = match &d.checkpoint {
+                Some(c) => format!("{} at {}", c.sequence, when(c.time_unix)),
+                None => "-".to_string(),
+            };
             vec![
                 d.domain_id.clone(),
                 if d.destroyed { "destroyed" } else { "live" }.to_string(),
                 d.access_list_version.to_string(),
                 d.manager.clone(),
                 lease,
+                checkpoint,
                 or_dash(&d.grants.join(",")),
             ]
         })
         .collect();
     table(
         &[
-            "DOMAIN", "STATE", "VERSION", "MANAGER", "RW LEASE", "GRANTS",
+            "DOMAIN",
+            "STATE",
+            "VERSION",
+            "MANAGER",
+            "RW LEASE",
+            "CHECKPOINT",
+            "GRANTS",
         ],
         &rows,
     );

@@ -171,6 +171,11 @@ impl Ttp {
 
     /// Starts `domfs-ttp serve` and waits for its "listening" line.
     pub fn start(&mut self, lease: u32) -> anyhow::Result<()> {
+        self.start_with(lease, &[])
+    }
+
+    /// Starts `domfs-ttp serve` with more options (e.g. `--audit-cap`).
+    pub fn start_with(&mut self, lease: u32, options: &[&str]) -> anyhow::Result<()> {
         let stderr = std::fs::File::create(self.dir.path().join("serve.err"))?;
         let mut child = Command::new(BIN)
             .args([
@@ -182,6 +187,7 @@ impl Ttp {
                 "--lease",
                 &lease.to_string(),
             ])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
