@@ -13,6 +13,7 @@ mod key;
 mod manager;
 mod mount;
 mod mount_agent;
+mod mount_anchor;
 mod output;
 pub mod size;
 mod ttp;

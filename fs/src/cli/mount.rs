@@ -30,6 +30,7 @@ use super::Global;
 use super::exit::{FAILURE, OK};
 use super::key::read_key_file;
 use super::mount_agent::{DEFAULT_AGENT_SOCKET, Lease, Want, acquire, release, spawn_watch};
+use super::mount_anchor::check_against_anchor;
 use super::size::parse_size;
 use crate::crypto::DomainKey;
 use crate::crypto::WriterKeys;
@@ -40,6 +41,7 @@ use crate::fuse::mountinfo::{self, FSTYPE, UnmountError};
 use crate::fuse::{DomFuse, MountSettings};
 use crate::store::StoreOptions;
 use crate::volume::open_store;
+use domfs_proto::ttp::Checkpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -58,6 +60,10 @@ pub struct Args {
     /// to a read-only mount).
     #[arg(long)]
     read_write: bool,
+    /// Agent mode, disaster recovery: mount even though the volume is older than (or
+    /// forked from) the commit the TTP anchored. Recorded in the audit trail.
+    #[arg(long)]
+    accept_rollback: bool,
     /// Let other users use the mount (e.g. a database server running as `postgres`).
     #[arg(long)]
     allow_other: bool,
@@ -103,6 +109,7 @@ struct Prepared {
     cache_bytes: usize,
     log: Option<File>,
     quiet: bool,
+    accept_rollback: bool,
 }
 
 /// Where the domain key comes from.
@@ -201,6 +208,7 @@ fn prepare(args: &Args, global: Global) -> Result<Prepared> {
         cache_bytes,
         log,
         quiet: global.quiet,
+        accept_rollback: args.accept_rollback,
     })
 }
 
@@ -225,6 +233,44 @@ fn shutdown_signals() -> SigSet {
     set
 }
 
+/// Agent mode: compares the volume with the TTP's anchor before anything is written.
+/// Returns the refusal text when `--accept-rollback` overrode it (to be audited).
+fn check_anchor(
+    volume: &Path,
+    key: &DomainKey,
+    writer: Option<Arc<WriterKeys>>,
+    anchor: Option<&Checkpoint>,
+    accept_rollback: bool,
+) -> Result<Option<String>> {
+    if anchor.is_none() {
+        return Ok(None);
+    }
+    let probe = match crate::store::BlockStore::open(
+        Arc::new(
+            FileDevice::open(volume, Access::ReadOnly)
+                .with_context(|| format!("cannot open {}", volume.display()))?,
+        ),
+        key,
+        StoreOptions {
+            writer,
+            ..StoreOptions::read_only()
+        },
+    ) {
+        Ok(store) => store,
+        // Not formatted yet: nothing to compare (the first mount formats it).
+        Err(crate::Error::Unformatted) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match check_against_anchor(&probe.superblock(), anchor) {
+        Ok(()) => Ok(None),
+        Err(e) if accept_rollback => {
+            tracing::warn!("{e:#}");
+            Ok(Some(format!("{e:#}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Locks, opens and mounts. The key is dropped (zeroized) once the store has its subkeys.
 fn start(p: &Prepared, source: KeySource) -> Result<Mounted> {
     // Blocked before any thread exists, so every thread inherits the mask and only the
@@ -237,8 +283,8 @@ fn start(p: &Prepared, source: KeySource) -> Result<Mounted> {
     // The daemon holds the volume's subkeys for as long as it runs: no core dumps of
     // it, and no ptrace by other processes of the same user.
     nix::sys::prctl::set_dumpable(false).context("cannot make the daemon non-dumpable")?;
-    let (key, writer, read_only, lease) = match source {
-        KeySource::File(key) => (key, None, p.read_only, None),
+    let (key, writer, read_only, lease, anchor) = match source {
+        KeySource::File(key) => (key, None, p.read_only, None, None),
         KeySource::Agent { socket, want } => {
             let dev = FileDevice::open(&p.volume, Access::ReadOnly)
                 .with_context(|| format!("cannot open {}", p.volume.display()))?;
@@ -249,10 +295,11 @@ fn start(p: &Prepared, source: KeySource) -> Result<Mounted> {
                 Some(granted.writer),
                 granted.read_only,
                 Some(granted.lease),
+                granted.anchor,
             )
         }
     };
-    let opened = open_and_mount(p, key, writer, read_only, lease.clone());
+    let opened = open_and_mount(p, key, writer, read_only, lease.clone(), anchor);
     if opened.is_err()
         && let Some(lease) = &lease
     {
@@ -267,6 +314,7 @@ fn open_and_mount(
     writer: Option<Arc<WriterKeys>>,
     read_only: bool,
     lease: Option<Lease>,
+    anchor: Option<Checkpoint>,
 ) -> Result<Mounted> {
     let signals = shutdown_signals();
     let volume_lock = lock_volume(&p.volume, read_only)?;
@@ -278,6 +326,18 @@ fn open_and_mount(
     };
     let dev = FileDevice::open(&p.volume, access)
         .with_context(|| format!("cannot open {}", p.volume.display()))?;
+    let rollback = check_anchor(
+        &p.volume,
+        &key,
+        writer.clone(),
+        anchor.as_ref(),
+        p.accept_rollback,
+    )?;
+    // Accepted: carry on numbering after the anchor, which the TTP never lets go back.
+    let continue_after = rollback
+        .as_ref()
+        .and(anchor.as_ref())
+        .map(|a| (a.sequence, a.generation));
     let store = open_store(
         Arc::new(dev),
         &key,
@@ -287,6 +347,7 @@ fn open_and_mount(
             // The filesystem commits between its operations, never the store by itself.
             auto_commit: false,
             writer,
+            continue_after,
             ..StoreOptions::default()
         },
     )
@@ -296,6 +357,21 @@ fn open_and_mount(
         Filesystem::open(Arc::new(store), read_only)
             .with_context(|| format!("cannot open the filesystem of {}", p.volume.display()))?,
     );
+    if let Some(why) = rollback {
+        let record = crate::audit::AuditRecord {
+            time_us: crate::audit::AuditRecord::now_us(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            pid: std::process::id(),
+            process: "domfs".into(),
+            op: crate::audit::AuditOp::Mount,
+            detail: format!("--accept-rollback: {why}"),
+            ..Default::default()
+        };
+        fs.audit(record)
+            .and_then(|()| fs.sync())
+            .context("cannot record the accepted rollback in the audit trail")?;
+    }
     let settings = MountSettings {
         fsname: p.volume.to_string_lossy().into_owned(),
         read_only,
@@ -408,6 +484,9 @@ fn serve(mounted: Mounted, p: &Prepared) -> Result<u8> {
     // nothing left to write when that commit succeeded).
     let committed = fs.sync();
     if let Some(lease) = &lease {
+        if committed.is_ok() && !fs.is_revoked() {
+            super::mount_anchor::finish(lease, &fs);
+        }
         release(lease);
     }
     if fs.is_revoked() {

@@ -62,12 +62,24 @@ pub struct Lease {
     mountpoint: String,
 }
 
+impl Lease {
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+}
+
 /// What the agent released.
 pub struct Granted {
     pub key: DomainKey,
     pub writer: Arc<WriterKeys>,
     pub read_only: bool,
     pub lease: Lease,
+    /// The volume's newest anchor at the TTP (none before the first checkpoint).
+    pub anchor: Option<domfs_proto::ttp::Checkpoint>,
 }
 
 /// Asks the agent at `socket` for the key of the volume with `header`.
@@ -180,6 +192,7 @@ fn granted(
         writer: Arc::new(writer.context("the agent sent a malformed writer key")?),
         read_only,
         lease: lease.clone(),
+        anchor: reply.checkpoint.take(),
     })
 }
 
@@ -189,7 +202,14 @@ pub fn spawn_watch(lease: Lease, fs: Arc<Filesystem>, mountpoint: PathBuf) -> Re
         .name("domfs-lease".into())
         .spawn(move || {
             let reason = match runtime() {
-                Ok(rt) => rt.block_on(watch(lease, &fs)),
+                Ok(rt) => rt.block_on(async {
+                    tokio::select! {
+                        reason = watch(lease.clone(), &fs) => reason,
+                        () = super::mount_anchor::keep_anchored(lease, fs.clone()) => {
+                            "the anchor task ended".to_string()
+                        }
+                    }
+                }),
                 Err(e) => format!("cannot watch the lease: {e:#}"),
             };
             tracing::error!("{reason}: revoking the mount of {}", mountpoint.display());

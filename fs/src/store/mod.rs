@@ -68,6 +68,11 @@ pub struct StoreOptions {
     /// The domain's writer key (agent mode): superblocks must carry its signature, and a
     /// read-write open needs its private half. `None` in key-file mode.
     pub writer: Option<Arc<WriterKeys>>,
+    /// Disaster recovery from an older copy (agent mode, `--accept-rollback`): a
+    /// read-write open continues numbering after this (sequence, generation) — the
+    /// anchor the TTP holds — so no commit number or block generation is used twice and
+    /// the next checkpoint moves forward.
+    pub continue_after: Option<(u64, u64)>,
 }
 
 impl Default for StoreOptions {
@@ -79,6 +84,7 @@ impl Default for StoreOptions {
             accept_damaged_superblock: false,
             auto_commit: true,
             writer: None,
+            continue_after: None,
         }
     }
 }
@@ -255,6 +261,10 @@ impl BlockStore {
         };
         if options.access == Access::ReadWrite {
             let mut inner = store.lock();
+            if let Some((sequence, generation)) = options.continue_after {
+                inner.sb.sequence = inner.sb.sequence.max(sequence);
+                inner.next_generation = inner.next_generation.max(generation);
+            }
             store.write_superblock(&mut inner, None, 0)?;
             if !problems.is_empty() {
                 // Recovery: rewrite the other slot too, so both verify again.
