@@ -158,6 +158,7 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
     }
     c.own_file(&sb.table, "the inode table");
     c.own_file(&sb.orphans, "the orphan list");
+    c.own_file(&sb.hidden, "the hidden-version table");
     c.own_file(&sb.audit, "the audit log");
     if sb.audit.size != sb.audit_head.len {
         c.report.problems.push(format!(
@@ -166,6 +167,23 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
         ));
     }
     let inodes = read_inode_table(&mut c, &sb);
+    // Live hidden versions: inode → (still open, version id).
+    let mut versions: HashMap<u64, (bool, u64)> = HashMap::new();
+    match super::hidden::live_inodes(io, &sb.hidden) {
+        Ok(live) => {
+            for (ino, open, id) in live {
+                if let Some((_, first)) = versions.insert(ino, (open, id)) {
+                    c.report.problems.push(format!(
+                        "hidden versions {first} and {id} both hold inode {ino}"
+                    ));
+                }
+            }
+        }
+        Err(e) => c
+            .report
+            .problems
+            .push(format!("the hidden-version table cannot be read: {e}")),
+    }
     let orphans: HashSet<u64> = match Directory::load(&mut ReadBlocks {
         io,
         inode: &sb.orphans,
@@ -242,12 +260,31 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
             }
         }
     }
+    let mut hidden_blocks = 0u64;
     for (&ino, inode) in &inodes {
-        let owner = paths
-            .get(&ino)
-            .cloned()
-            .unwrap_or_else(|| format!("inode {ino}"));
+        let owner = match paths.get(&ino) {
+            Some(path) => path.clone(),
+            None if inode.is_hidden() => format!("hidden version (inode {ino})"),
+            None => format!("inode {ino}"),
+        };
         c.own_file(inode, &owner);
+        if inode.is_hidden() {
+            hidden_blocks += inode.blocks;
+            if paths.contains_key(&ino) {
+                c.report
+                    .problems
+                    .push(format!("{owner}: a hidden version that has a name"));
+            } else if inode.nlink != 0 {
+                c.report
+                    .problems
+                    .push(format!("{owner}: link count {} (0 expected)", inode.nlink));
+            } else if versions.get(&ino).is_none_or(|&(open, _)| open) {
+                c.report.problems.push(format!(
+                    "{owner}: no hidden-version record holds it (leaked)"
+                ));
+            }
+            continue;
+        }
         if !paths.contains_key(&ino) {
             if orphans.contains(&ino) && inode.nlink == 0 {
                 continue;
@@ -268,6 +305,29 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
                 inode.nlink
             ));
         }
+    }
+    for (&ino, &(open, id)) in &versions {
+        match inodes.get(&ino) {
+            None => c
+                .report
+                .problems
+                .push(format!("hidden version {id}: its inode {ino} is free")),
+            Some(inode) if open && (inode.is_hidden() || !orphans.contains(&ino)) => {
+                c.report.problems.push(format!(
+                    "hidden version {id}: waits for the last close of inode {ino}, which is not an unlinked open file"
+                ));
+            }
+            Some(inode) if !open && !inode.is_hidden() => c.report.problems.push(format!(
+                "hidden version {id}: its inode {ino} is not marked hidden"
+            )),
+            Some(_) => {}
+        }
+    }
+    if hidden_blocks != sb.hidden_blocks {
+        c.report.problems.push(format!(
+            "the superblock counts {} blocks in hidden versions, the hidden inodes hold {hidden_blocks}",
+            sb.hidden_blocks
+        ));
     }
     if inodes.len() as u64 != sb.inodes_used {
         c.report.problems.push(format!(

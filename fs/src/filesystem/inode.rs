@@ -16,11 +16,11 @@
 //! | 68 | 12 | birth time |
 //! | 80 | 8 | rdev (device nodes) |
 //! | 88 | 8 | generation |
-//! | 96 | 4 | flags (0) |
+//! | 96 | 4 | flags: bit 0 = a hidden version (reachable only through the hidden-version table); other bits zero |
 //! | 100 | 9 | block map: height, root block |
 //! | 109 | 3 | zero |
 //! | 112 | 8 | xattr block (0: none) |
-//! | 120 | 8 | parent directory (directories only: answers `..`) |
+//! | 120 | 8 | parent directory: for a directory it answers `..`; for another file it is the directory of its latest name (a hint for naming hidden versions; 0 if unknown) |
 //! | 128 | 128 | zero (reserved) |
 //!
 //! A free slot is all zeros (mode 0).
@@ -35,6 +35,10 @@ pub const INODE_SIZE: usize = 256;
 pub const INODES_PER_BLOCK: u64 = (crate::types::BLOCK_SIZE / INODE_SIZE) as u64;
 /// The root directory's inode number (FUSE's root id).
 pub const ROOT_INO: u64 = 1;
+
+/// Inode flag: a hidden version (no name; never answered by lookup or getattr).
+pub const FLAG_HIDDEN: u32 = 1;
+const KNOWN_FLAGS: u32 = FLAG_HIDDEN;
 
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFSOCK: u32 = 0o140000;
@@ -102,6 +106,8 @@ pub struct Inode {
     pub crtime: Timestamp,
     pub rdev: u64,
     pub generation: u64,
+    /// [`FLAG_HIDDEN`] or 0.
+    pub flags: u32,
     pub map: BlockMap,
     pub xattr_block: u64,
     pub parent: u64,
@@ -118,6 +124,11 @@ impl Inode {
 
     pub fn is_dir(&self) -> bool {
         self.mode & S_IFMT == S_IFDIR
+    }
+
+    /// A hidden version's content (see [`super::hidden`]).
+    pub fn is_hidden(&self) -> bool {
+        self.flags & FLAG_HIDDEN != 0
     }
 
     pub fn encode(&self) -> [u8; INODE_SIZE] {
@@ -139,6 +150,7 @@ impl Inode {
         }
         b[80..88].copy_from_slice(&self.rdev.to_le_bytes());
         b[88..96].copy_from_slice(&self.generation.to_le_bytes());
+        b[96..100].copy_from_slice(&self.flags.to_le_bytes());
         b[100..109].copy_from_slice(&self.map.to_bytes());
         b[112..120].copy_from_slice(&self.xattr_block.to_le_bytes());
         b[120..128].copy_from_slice(&self.parent.to_le_bytes());
@@ -171,12 +183,19 @@ impl Inode {
             crtime: time_at(68),
             rdev: u64_at(80),
             generation: u64_at(88),
+            flags: u32_at(96),
             map: BlockMap::from_bytes(&map)?,
             xattr_block: u64_at(112),
             parent: u64_at(120),
         };
         if !inode.is_free() {
             inode.kind()?;
+        }
+        if inode.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::CorruptFilesystem(format!(
+                "inode flags {:#x} are unknown",
+                inode.flags
+            )));
         }
         if [inode.atime, inode.mtime, inode.ctime, inode.crtime]
             .iter()
@@ -229,6 +248,7 @@ mod tests {
             crtime: Timestamp::default(),
             rdev: 0x0801,
             generation: 9,
+            flags: FLAG_HIDDEN,
             map: BlockMap {
                 height: 2,
                 root: 4242,

@@ -10,10 +10,10 @@
 //! | 32 | 8 | logical blocks in use |
 //! | 40 | 8 | first block of the allocation bitmap (1) |
 //! | 48 | 8 | logical blocks covered by the bitmap |
-//! | 56 | 8 | zero |
+//! | 56 | 8 | logical blocks held by hidden versions (the blocks of every hidden inode) |
 //! | 64 | 256 | the inode table's own inode |
 //! | 320 | 256 | the orphan list's inode (a directory of unlinked, still open files) |
-//! | 576 | 256 | zero (reserved for the hidden versions) |
+//! | 576 | 256 | the hidden-version table's inode (an internal file of records; zeros: none) |
 //! | 832 | 256 | the audit log's inode (an append-only internal file; zeros: empty log) |
 //! | 1088 | 48 | the audit chain's head: last sequence `u64`, log bytes `u64`, last MAC (32) |
 //! | 1136 | 2960 | zero |
@@ -35,12 +35,18 @@ pub struct FsSuper {
     pub total_blocks: u64,
     pub table: Inode,
     pub orphans: Inode,
+    /// The hidden-version table (see [`super::hidden`]); a free inode is an empty table.
+    pub hidden: Inode,
+    /// Logical blocks held by hidden versions (what `statfs` takes off the total).
+    pub hidden_blocks: u64,
     /// The audit log (see [`crate::audit`]); a free inode is an empty log.
     pub audit: Inode,
     /// The end of the audit chain, committed with the log.
     pub audit_head: ChainHead,
 }
 
+/// Where the hidden-version table's inode is.
+const HIDDEN_INODE_AT: usize = 576;
 /// Where the audit log's inode and the chain's head are.
 const AUDIT_INODE_AT: usize = 832;
 const AUDIT_HEAD_AT: usize = 1088;
@@ -55,8 +61,10 @@ impl FsSuper {
         b[32..40].copy_from_slice(&self.blocks_used.to_le_bytes());
         b[40..48].copy_from_slice(&self.bitmap_start.to_le_bytes());
         b[48..56].copy_from_slice(&self.total_blocks.to_le_bytes());
+        b[56..64].copy_from_slice(&self.hidden_blocks.to_le_bytes());
         b[64..64 + INODE_SIZE].copy_from_slice(&self.table.encode());
         b[320..320 + INODE_SIZE].copy_from_slice(&self.orphans.encode());
+        b[HIDDEN_INODE_AT..HIDDEN_INODE_AT + INODE_SIZE].copy_from_slice(&self.hidden.encode());
         b[AUDIT_INODE_AT..AUDIT_INODE_AT + INODE_SIZE].copy_from_slice(&self.audit.encode());
         b[AUDIT_HEAD_AT..AUDIT_HEAD_AT + HEAD_LEN].copy_from_slice(&self.audit_head.encode());
         b
@@ -98,6 +106,8 @@ impl FsSuper {
             total_blocks: u64_at(48),
             table: inode_at(64)?,
             orphans: inode_at(320)?,
+            hidden: inode_at(HIDDEN_INODE_AT)?,
+            hidden_blocks: u64_at(56),
             audit: inode_at(AUDIT_INODE_AT)?,
             audit_head: {
                 let mut head = [0u8; HEAD_LEN];

@@ -17,6 +17,7 @@ mod audit_log;
 pub mod bmap;
 pub mod dir;
 pub mod fsck;
+pub mod hidden;
 pub mod inode;
 pub mod meta;
 mod ops_data;
@@ -38,6 +39,7 @@ use meta::FsSuper;
 use state::State;
 
 pub use audit_log::{AUDIT_LOG_PATH, DrainedAudit, FLUSH_BYTES, READ_ONLY_QUEUE};
+pub use hidden::{FsOptions, HiddenEvent, HiddenSink, HiddenVersion, PurgeReason};
 pub use ops_data::{SetAttr, StatFs, TimeSet};
 pub use ops_ns::RenameFlags;
 
@@ -103,13 +105,23 @@ pub struct Filesystem {
     audit: audit_log::AuditQueue,
     /// The names the kernel knows inodes by ([`paths`]).
     names: paths::Names,
+    /// Host, clock, retention policy and sink of the hidden versions ([`hidden`]).
+    hidden_cfg: hidden::HiddenConfig,
 }
 
 impl Filesystem {
     /// Opens the filesystem of an open store, formatting it on the first read-write open
     /// (the creator of a domain never holds its key, so it cannot format it). Unlinked
-    /// files that were still open at a crash are freed.
+    /// files that were still open at a crash are freed (or, when they are to be kept,
+    /// become hidden versions), and hidden versions older than the volume's keep-for
+    /// are freed.
     pub fn open(store: Arc<BlockStore>, read_only: bool) -> Result<Self> {
+        Self::open_with(store, read_only, FsOptions::default())
+    }
+
+    /// [`Filesystem::open`] with the host name, clock and hidden-version sink given.
+    pub fn open_with(store: Arc<BlockStore>, read_only: bool, options: FsOptions) -> Result<Self> {
+        let retention = crate::format::retention::Retention::from_header(store.header())?;
         let mut block = Box::new([0u8; BLOCK_SIZE]);
         store.read(LogicalBlock(0), &mut block)?;
         let sb = match FsSuper::decode(&block)? {
@@ -125,9 +137,15 @@ impl Filesystem {
             revoked: AtomicBool::new(false),
             audit: audit_log::AuditQueue::default(),
             names: paths::Names::default(),
+            hidden_cfg: hidden::HiddenConfig::new(retention, &options),
         };
+        {
+            let mut st = fs.lock();
+            st.hidden = hidden::HiddenIndex::load(&*fs.store, &st.sb.hidden)?;
+        }
         if !read_only {
             fs.mutate(0, |st, io| ops_ns::free_orphans(st, io))?;
+            fs.sweep_hidden()?;
             fs.sync()?;
         }
         Ok(fs)
@@ -246,6 +264,9 @@ impl Filesystem {
         if result.is_ok() && self.store.wants_commit() {
             self.sync()?;
         }
+        if result.is_ok() {
+            self.maybe_sweep();
+        }
         result
     }
 }
@@ -289,6 +310,8 @@ fn format(store: &BlockStore) -> Result<FsSuper> {
         total_blocks: total,
         table: Inode::default(),
         orphans: Inode::default(),
+        hidden: Inode::default(),
+        hidden_blocks: 0,
         audit: Inode::default(),
         audit_head: Default::default(),
     };

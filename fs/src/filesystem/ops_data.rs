@@ -4,7 +4,7 @@ use super::alloc::AllocIo;
 use super::bmap::MAX_FILE_BLOCKS;
 use super::inode::{Inode, S_IFMT, Timestamp};
 use super::state::State;
-use super::{BlockIo, Caller, Entry, Filesystem};
+use super::{BlockIo, Caller, Entry, Filesystem, hidden};
 use crate::Result;
 use crate::error::Posix;
 use crate::types::BLOCK_SIZE;
@@ -38,6 +38,7 @@ pub struct SetAttr {
 /// What `statfs` reports, in 4 KiB blocks.
 #[derive(Clone, Copy, Debug)]
 pub struct StatFs {
+    /// The container's blocks less those hidden versions hold.
     pub blocks: u64,
     /// Not in use (includes the reserve kept for rewrites of existing blocks).
     pub free: u64,
@@ -54,25 +55,7 @@ impl Filesystem {
             if inode.is_dir() {
                 return Err(Posix::IsDirectory.into());
             }
-            let end = offset.saturating_add(u64::from(size)).min(inode.size);
-            if offset >= end {
-                return Ok(Vec::new());
-            }
-            let mut out = vec![0u8; (end - offset) as usize];
-            let mut block = Box::new([0u8; BLOCK_SIZE]);
-            let mut pos = offset;
-            while pos < end {
-                let index = pos / BS;
-                let within = (pos % BS) as usize;
-                let take = ((BS - pos % BS).min(end - pos)) as usize;
-                let dst = (pos - offset) as usize;
-                if let Some(b) = inode.map.get(io, index)? {
-                    io.read_block(b, &mut block)?;
-                    out[dst..dst + take].copy_from_slice(&block[within..within + take]);
-                }
-                pos += take as u64;
-            }
-            Ok(out)
+            read_range(io, &inode, offset, size)
         })
     }
 
@@ -97,11 +80,23 @@ impl Filesystem {
         })
     }
 
-    pub fn setattr(&self, ino: u64, set: SetAttr, _caller: Caller) -> Result<Entry> {
+    /// Changes attributes. Cutting a file short keeps what is cut as a hidden version
+    /// (by `caller`), unless its path is not kept.
+    pub fn setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Entry> {
         if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
             return Err(Posix::FileTooLarge.into());
         }
-        self.mutate(2, |st, io| {
+        // Room for the version's new block map and record (an estimate from the size now:
+        // the operation's slack covers a file that grew since).
+        let room = match set.size {
+            Some(size) => match self.getattr(ino) {
+                Ok(e) if e.inode.size > size => hidden::cut_room(e.inode.size, size),
+                _ => 0,
+            },
+            None => 0,
+        };
+        let mut kept = None;
+        let result = self.mutate(2 + room, |st, io| {
             let mut inode = st.inode(io, ino)?;
             let now = Timestamp::now();
             if let Some(mode) = set.mode {
@@ -117,6 +112,7 @@ impl Filesystem {
                 if inode.is_dir() {
                     return Err(Posix::IsDirectory.into());
                 }
+                kept = self.keep_cut(st, io, ino, &mut inode, size, caller)?;
                 truncate(st, io, &mut inode, size)?;
                 inode.mtime = now;
             }
@@ -133,7 +129,11 @@ impl Filesystem {
             inode.ctime = set.ctime.unwrap_or(now);
             st.put_inode(io, ino, &inode)?;
             Ok(Entry { ino, inode })
-        })
+        });
+        if result.is_ok() {
+            self.report_hidden(kept);
+        }
+        result
     }
 
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
@@ -188,13 +188,43 @@ impl Filesystem {
         let space = self.store.space();
         let st = self.lock();
         StatFs {
-            blocks: space.usable_blocks,
+            // Hidden versions are kept, not free: the capacity left for visible data.
+            blocks: space.usable_blocks.saturating_sub(st.sb.hidden_blocks),
             free: space.free_blocks,
             available: space.available_blocks,
             files: st.sb.inodes_used + space.available_blocks * super::inode::INODES_PER_BLOCK,
             files_free: space.available_blocks * super::inode::INODES_PER_BLOCK,
         }
     }
+}
+
+/// Up to `size` bytes of `inode`'s content from `offset` (fewer at its end; holes read as
+/// zeros).
+pub(crate) fn read_range(
+    io: &dyn BlockIo,
+    inode: &Inode,
+    offset: u64,
+    size: u32,
+) -> Result<Vec<u8>> {
+    let end = offset.saturating_add(u64::from(size)).min(inode.size);
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![0u8; (end - offset) as usize];
+    let mut block = Box::new([0u8; BLOCK_SIZE]);
+    let mut pos = offset;
+    while pos < end {
+        let index = pos / BS;
+        let within = (pos % BS) as usize;
+        let take = ((BS - pos % BS).min(end - pos)) as usize;
+        let dst = (pos - offset) as usize;
+        if let Some(b) = inode.map.get(io, index)? {
+            io.read_block(b, &mut block)?;
+            out[dst..dst + take].copy_from_slice(&block[within..within + take]);
+        }
+        pos += take as u64;
+    }
+    Ok(out)
 }
 
 /// Writes `data` at `offset` into the file's blocks (allocating), without touching its

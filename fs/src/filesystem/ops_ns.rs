@@ -2,6 +2,7 @@
 //! keeps unlinked-but-open files alive until their last reference goes.
 
 use super::dir::{DirEntry, FileKind};
+use super::hidden::{self, HiddenEvent, HiddenVersion, Keep, RECORD_ROOM};
 use super::inode::{Inode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, Timestamp, kind_of};
 use super::state::{State, free_blocks};
 use super::{BlockIo, Caller, Entry, Filesystem};
@@ -48,6 +49,9 @@ impl Filesystem {
             };
             let inode = st.inode(io, ino)?;
             *st.lookups.entry(ino).or_insert(0) += 1;
+            if name != b"." && name != b".." {
+                st.hidden.remember(parent, name, ino);
+            }
             Ok(Entry { ino, inode })
         })
     }
@@ -109,7 +113,10 @@ impl Filesystem {
             }
             match st.inode(io, ino) {
                 Ok(inode) if inode.nlink == 0 => {
-                    free_inode(st, io, ino, inode)?;
+                    // Kept as a hidden version as of now, its last close, or freed.
+                    if !hidden::finish_open(st, io, ino)? {
+                        free_inode(st, io, ino, inode)?;
+                    }
                     let name = ino.to_string();
                     st.with_orphans(io, |dir, storage| {
                         match dir.remove(storage, name.as_bytes()) {
@@ -213,11 +220,7 @@ impl Filesystem {
                 crtime: now,
                 rdev,
                 generation: 1,
-                parent: if kind == FileKind::Directory {
-                    parent
-                } else {
-                    0
-                },
+                parent,
                 ..Inode::default()
             };
             if let Some(target) = target {
@@ -238,6 +241,7 @@ impl Filesystem {
             dir_inode.ctime = now;
             st.put_inode(io, parent, &dir_inode)?;
             *st.lookups.entry(ino).or_insert(0) += 1;
+            st.hidden.remember(parent, name, ino);
             Ok(Entry { ino, inode })
         })
     }
@@ -273,9 +277,11 @@ impl Filesystem {
             let now = Timestamp::now();
             inode.nlink += 1;
             inode.ctime = now;
+            inode.parent = new_parent;
             st.put_inode(io, ino, &inode)?;
             touch_dir(st, io, new_parent, now, 0)?;
             *st.lookups.entry(ino).or_insert(0) += 1;
+            st.hidden.remember(new_parent, new_name, ino);
             Ok(Entry { ino, inode })
         })
     }
@@ -290,7 +296,7 @@ impl Filesystem {
         self.remove(parent, name, true, caller)
     }
 
-    fn remove(&self, parent: u64, name: &[u8], directory: bool, _caller: Caller) -> Result<()> {
+    fn remove(&self, parent: u64, name: &[u8], directory: bool, caller: Caller) -> Result<()> {
         if name.len() > 255 {
             return Err(Posix::NameTooLong.into());
         }
@@ -300,7 +306,7 @@ impl Filesystem {
         if name == b".." {
             return Err(Posix::NotEmpty.into());
         }
-        self.mutate(0, |st, io| {
+        let hidden = self.mutate(RECORD_ROOM, |st, io| {
             let (ino, kind) = st
                 .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
                 .ok_or(Posix::NotFound)?;
@@ -313,11 +319,19 @@ impl Filesystem {
             if directory && !st.with_dir(io, ino, |dir, _| Ok(dir.is_empty()))? {
                 return Err(Posix::NotEmpty.into());
             }
+            let event = if directory {
+                HiddenEvent::Rmdir
+            } else {
+                HiddenEvent::Unlink
+            };
+            let keep = self.keep_for(st, io, parent, name, ino, event, caller)?;
             st.with_dir(io, parent, |dir, storage| dir.remove(storage, name))?;
             let now = Timestamp::now();
             touch_dir(st, io, parent, now, if directory { -1 } else { 0 })?;
-            drop_link(st, io, ino, now)
-        })
+            drop_link(st, io, ino, now, keep.as_ref())
+        })?;
+        self.report_hidden(hidden);
+        Ok(())
     }
 
     pub fn rename(
@@ -327,7 +341,7 @@ impl Filesystem {
         new_parent: u64,
         new_name: &[u8],
         flags: RenameFlags,
-        _caller: Caller,
+        caller: Caller,
     ) -> Result<()> {
         check_name(new_name)?;
         if name.len() > 255 {
@@ -336,7 +350,7 @@ impl Filesystem {
         if flags.exchange && flags.no_replace {
             return Err(Posix::Invalid.into());
         }
-        self.mutate(2, |st, io| {
+        let hidden = self.mutate(2 + RECORD_ROOM, |st, io| {
             let (ino, kind) = st
                 .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
                 .ok_or(Posix::NotFound)?;
@@ -348,6 +362,7 @@ impl Filesystem {
                 return Err(Posix::Invalid.into());
             }
             let now = Timestamp::now();
+            let mut hidden = None;
             if flags.exchange {
                 let (other, other_kind) = target.ok_or(Posix::NotFound)?;
                 if other_kind == FileKind::Directory
@@ -368,7 +383,9 @@ impl Filesystem {
                 } else {
                     touch_dir(st, io, parent, now, 0)?;
                 }
-                return Ok(());
+                st.hidden.remember(parent, name, other);
+                st.hidden.remember(new_parent, new_name, ino);
+                return Ok(None);
             }
             if let Some((other, other_kind)) = target {
                 if flags.no_replace {
@@ -376,7 +393,7 @@ impl Filesystem {
                 }
                 if other == ino {
                     // Two names of one file: POSIX says do nothing.
-                    return Ok(());
+                    return Ok(None);
                 }
                 match (
                     kind == FileKind::Directory,
@@ -389,6 +406,15 @@ impl Filesystem {
                     }
                     _ => {}
                 }
+                let keep = self.keep_for(
+                    st,
+                    io,
+                    new_parent,
+                    new_name,
+                    other,
+                    HiddenEvent::RenameOver,
+                    caller,
+                )?;
                 st.with_dir(io, new_parent, |dir, s| dir.replace(s, new_name, ino, kind))?;
                 st.with_dir(io, parent, |dir, s| dir.remove(s, name))?;
                 let dirs_moved = i32::from(kind == FileKind::Directory);
@@ -399,7 +425,7 @@ impl Filesystem {
                 if parent != new_parent {
                     touch_dir(st, io, parent, now, -dirs_moved)?;
                 }
-                drop_link(st, io, other, now)?;
+                hidden = drop_link(st, io, other, now, keep.as_ref())?;
             } else {
                 st.with_dir(io, new_parent, |dir, s| dir.insert(s, new_name, ino, kind))?;
                 st.with_dir(io, parent, |dir, s| dir.remove(s, name))?;
@@ -411,8 +437,12 @@ impl Filesystem {
                     touch_dir(st, io, parent, now, 0)?;
                 }
             }
-            reparent(st, io, ino, kind, new_parent, now)
-        })
+            reparent(st, io, ino, kind, new_parent, now)?;
+            st.hidden.remember(new_parent, new_name, ino);
+            Ok(hidden)
+        })?;
+        self.report_hidden(hidden);
+        Ok(())
     }
 
     /// Directory entries after `offset` (0 = from the start): `.` and `..` first, then
@@ -471,14 +501,12 @@ fn reparent(
     st: &mut State,
     io: &dyn BlockIo,
     ino: u64,
-    kind: FileKind,
+    _kind: FileKind,
     parent: u64,
     now: Timestamp,
 ) -> Result<()> {
     let mut inode = st.inode(io, ino)?;
-    if kind == FileKind::Directory {
-        inode.parent = parent;
-    }
+    inode.parent = parent;
     inode.ctime = now;
     st.put_inode(io, ino, &inode)
 }
@@ -499,8 +527,16 @@ fn is_ancestor(st: &mut State, io: &dyn BlockIo, ancestor: u64, mut ino: u64) ->
     ))
 }
 
-/// One name of `ino` is gone: free it, or keep it as an orphan while it is referenced.
-fn drop_link(st: &mut State, io: &dyn BlockIo, ino: u64, now: Timestamp) -> Result<()> {
+/// One name of `ino` is gone. With its last name it is kept as a hidden version (with
+/// `keep`) or freed — in both cases only once nothing references it any more: until then
+/// it is an orphan.
+fn drop_link(
+    st: &mut State,
+    io: &dyn BlockIo,
+    ino: u64,
+    now: Timestamp,
+    keep: Option<&Keep>,
+) -> Result<Option<HiddenVersion>> {
     let mut inode = st.inode(io, ino)?;
     inode.nlink = if inode.is_dir() {
         0
@@ -509,18 +545,25 @@ fn drop_link(st: &mut State, io: &dyn BlockIo, ino: u64, now: Timestamp) -> Resu
     };
     inode.ctime = now;
     if inode.nlink > 0 {
-        return st.put_inode(io, ino, &inode);
+        st.put_inode(io, ino, &inode)?;
+        return Ok(None);
     }
-    if st.lookups.contains_key(&ino) || st.open.contains_key(&ino) {
+    let referenced = st.lookups.contains_key(&ino) || st.open.contains_key(&ino);
+    let version = match keep {
+        Some(keep) => Some(hidden::hide(st, io, ino, inode.clone(), keep, referenced)?),
+        None => None,
+    };
+    if referenced {
         st.put_inode(io, ino, &inode)?;
         let name = ino.to_string();
         let kind = inode.kind()?;
         st.with_orphans(io, |dir, storage| {
             dir.insert(storage, name.as_bytes(), ino, kind)
-        })
-    } else {
-        free_inode(st, io, ino, inode)
+        })?;
+    } else if version.is_none() {
+        free_inode(st, io, ino, inode)?;
     }
+    Ok(version)
 }
 
 pub(crate) fn free_inode(
@@ -543,7 +586,9 @@ pub(crate) fn free_orphans(st: &mut State, io: &dyn BlockIo) -> Result<()> {
         Ok(dir.entries_from(0).map(|(_, e)| e.ino).collect())
     })?;
     for ino in orphans {
-        if let Ok(inode) = st.inode(io, ino) {
+        if let Ok(inode) = st.inode(io, ino)
+            && !hidden::finish_open(st, io, ino)?
+        {
             free_inode(st, io, ino, inode)?;
         }
     }

@@ -8,6 +8,7 @@ use super::BlockIo;
 use super::alloc::{AllocIo, Allocator};
 use super::bmap::BlockMap;
 use super::dir::{DirStorage, Directory};
+use super::hidden::HiddenIndex;
 use super::inode::{INODE_SIZE, INODES_PER_BLOCK, Inode};
 use super::meta::FsSuper;
 use crate::error::Posix;
@@ -24,6 +25,8 @@ pub(crate) struct State {
     pub lookups: HashMap<u64, u64>,
     /// Open handles per inode.
     pub open: HashMap<u64, u64>,
+    /// The live hidden versions ([`super::hidden`]).
+    pub hidden: HiddenIndex,
 }
 
 impl State {
@@ -37,10 +40,21 @@ impl State {
             dirs: HashMap::new(),
             lookups: HashMap::new(),
             open: HashMap::new(),
+            hidden: HiddenIndex::default(),
         }
     }
 
+    /// A live inode; a free or hidden one is [`Posix::NotFound`].
     pub fn inode(&mut self, io: &dyn BlockIo, ino: u64) -> Result<Inode> {
+        let inode = self.raw_inode(io, ino)?;
+        if inode.is_hidden() {
+            return Err(Posix::NotFound.into());
+        }
+        Ok(inode)
+    }
+
+    /// An inode in use, hidden versions included.
+    pub fn raw_inode(&mut self, io: &dyn BlockIo, ino: u64) -> Result<Inode> {
         if let Some(inode) = self.inodes.get(&ino) {
             return Ok(inode.clone());
         }
