@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::crypto::DomainKey;
 use crate::device::{Access, Device};
-use crate::format::header::{CipherSuite, DomainHeader, KeyMode, read_header, write_header};
+use crate::format::header::{
+    CipherSuite, DomainHeader, Extension, KeyMode, read_header, write_header,
+};
 use crate::format::{HEADER_OFFSETS, HEADER_SLOT_SIZE, MIN_CONTAINER_SIZE, SUPERBLOCK_OFFSETS};
 use crate::store::{BlockStore, StoreOptions, format_volume};
 use crate::types::{BLOCK_SIZE, VolumeId};
@@ -24,6 +26,17 @@ pub fn create_volume(
     options: CreateOptions,
     key: Option<&DomainKey>,
 ) -> Result<DomainHeader> {
+    create_volume_with(dev, options, Vec::new(), key)
+}
+
+/// [`create_volume`] with header extensions (e.g. the retention policy,
+/// [`crate::format::retention::Retention::to_extension`]).
+pub fn create_volume_with(
+    dev: &dyn Device,
+    options: CreateOptions,
+    extensions: Vec<Extension>,
+    key: Option<&DomainKey>,
+) -> Result<DomainHeader> {
     let size = usable_size(dev)?;
     let header = DomainHeader {
         volume_id: VolumeId::random()?,
@@ -36,7 +49,7 @@ pub fn create_volume(
         signed_message: Vec::new(),
         signature: Vec::new(),
         manager_key: Vec::new(),
-        extensions: Vec::new(),
+        extensions,
     };
     install(dev, header, key)
 }
@@ -49,13 +62,15 @@ pub struct SignedAccessList {
 }
 
 /// Writes the header of an agent-mode volume whose id was chosen (and registered at the
-/// TTP) beforehand. No superblocks: the creator never holds the domain key, so the first
-/// read-write mount formats the volume.
+/// TTP) beforehand, with `extensions` (e.g. the retention policy). No superblocks: the
+/// creator never holds the domain key, so the first read-write mount formats the volume
+/// (and binds the header, extensions included, to it).
 pub fn create_ttp_volume(
     dev: &dyn Device,
     volume_id: VolumeId,
     meta: Vec<u8>,
     signed: SignedAccessList,
+    extensions: Vec<Extension>,
 ) -> Result<DomainHeader> {
     let header = DomainHeader {
         volume_id,
@@ -68,7 +83,7 @@ pub fn create_ttp_volume(
         signed_message: signed.message,
         signature: signed.signature,
         manager_key: signed.manager_key,
-        extensions: Vec::new(),
+        extensions,
     };
     install(dev, header, None)
 }

@@ -14,10 +14,11 @@ use super::ttp::{TtpArgs, call_failed, runtime};
 use crate::crypto::DomainKey;
 use crate::device::{Access, Device, FileDevice};
 use crate::format::header::KeyMode;
+use crate::format::retention::{Retention, validate_pattern};
 use crate::store::geometry::Geometry;
 use crate::types::BLOCK_SIZE;
 use crate::types::VolumeId;
-use crate::volume::{CreateOptions, create_volume, looks_used};
+use crate::volume::{CreateOptions, create_volume_with, looks_used};
 use crate::volume::{SignedAccessList, create_ttp_volume};
 use domfs_proto::acl::{Access as Right, AccessList, SignedMessage, valid_host_name};
 use domfs_proto::ttp::RegisterDomainRequest;
@@ -46,6 +47,17 @@ pub struct Args {
     /// Domain metadata stored in the header (e.g. "melior:ward-12").
     #[arg(long, default_value = "")]
     meta: String,
+    /// How long removed and overwritten content is kept as hidden versions: keep-all
+    /// (nothing is ever freed but by the domain manager's purge) or keep-for=DURATION
+    /// (e.g. keep-for=30d; also h, m, s, w). Fixed at creation.
+    #[arg(long, value_name = "POLICY", default_value = "keep-all", value_parser = parse_retention)]
+    retention: RetentionPolicy,
+    /// Paths whose removed content is freed at once, not kept: scratch files, not records
+    /// (repeat for more). Relative to the volume's root; `*` and `?` match within a
+    /// component, `**` any number of components; without a leading `/` a pattern matches
+    /// at any depth. E.g. '*-journal' (SQLite), 'pg_wal/*' and 'pgsql_tmp*' (PostgreSQL).
+    #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+    no_keep: Vec<String>,
     /// Overwrite a container that already holds data or a volume.
     #[arg(long)]
     force: bool,
@@ -53,7 +65,28 @@ pub struct Args {
     volume: PathBuf,
 }
 
+/// `--retention`, parsed: keep-for seconds, or keep-all.
+#[derive(Clone, Copy, Debug)]
+struct RetentionPolicy(Option<u64>);
+
+fn parse_retention(text: &str) -> std::result::Result<RetentionPolicy, String> {
+    Retention::parse_policy(text).map(RetentionPolicy)
+}
+
+fn parse_pattern(text: &str) -> std::result::Result<String, String> {
+    validate_pattern(text).map(|()| text.to_string())
+}
+
 pub fn run(args: Args, global: Global) -> Result<u8> {
+    let retention = Retention {
+        keep_for: args.retention.0,
+        no_keep: args.no_keep.clone(),
+    };
+    let extensions = vec![
+        retention
+            .to_extension()
+            .map_err(|e| anyhow::anyhow!("--retention/--no-keep: {e}"))?,
+    ];
     let mode = if let Some(key_file) = &args.key_file {
         Mode::KeyFile(read_key_file(key_file)?)
     } else if args.ttp.given() {
@@ -123,12 +156,13 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
         FileDevice::from_file(file, &args.volume)?
     };
     let header = match mode {
-        Mode::KeyFile(key) => create_volume(
+        Mode::KeyFile(key) => create_volume_with(
             &dev,
             CreateOptions {
                 meta: args.meta.clone().into_bytes(),
                 key_mode: KeyMode::KeyFile,
             },
+            extensions,
             Some(&key),
         )?,
         Mode::Ttp { manager, mut list } => {
@@ -156,6 +190,7 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
                     signature: signature.to_vec(),
                     manager_key,
                 },
+                extensions,
             )?
         }
     };
@@ -172,6 +207,10 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
             "  data blocks {} of 4 KiB (less ~1.2% for tags and tree once written)",
             geometry.logical_blocks
         );
+        println!("  retention   {}", retention.policy_text());
+        for pattern in &retention.no_keep {
+            println!("  not kept    {pattern}");
+        }
         match &args.key_file {
             Some(key_file) => println!(
                 "next: `domfs fsck --key-file {} {}` checks it",

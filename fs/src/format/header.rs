@@ -56,6 +56,7 @@ mod copies;
 mod show;
 
 pub use copies::{CopyState, HeaderRead, read_header, write_header};
+pub(crate) use show::rfc3339;
 
 pub const MAGIC: [u8; 8] = *b"DOMFS\0HD";
 pub const MAX_META_LEN: usize = 4096;

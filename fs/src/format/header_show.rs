@@ -171,7 +171,7 @@ fn created_text(secs: u64) -> String {
 }
 
 /// UTC, RFC 3339 ("2024-02-29T23:59:59Z"); `None` from the year 10000 on.
-fn rfc3339(secs: u64) -> Option<String> {
+pub(crate) fn rfc3339(secs: u64) -> Option<String> {
     if secs >= YEAR_10000_UNIX {
         return None;
     }
