@@ -9,6 +9,7 @@ pub mod debug;
 pub mod exit;
 mod fsck;
 mod header;
+mod hidden;
 mod key;
 mod manager;
 mod mount;
@@ -52,6 +53,10 @@ enum Command {
     /// Manage key files.
     #[command(subcommand)]
     Key(key::Command),
+    /// Hidden versions: what unlink, rmdir, rename-over and truncation removed from view
+    /// (list, show, restore; purge by the domain manager).
+    #[command(subcommand)]
+    Hidden(hidden::Command),
     /// Give a host access to an agent-mode volume (a new signed list, registered at the
     /// TTP and written into the header).
     Grant(acl::ChangeArgs),
@@ -105,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Fsck(args) => fsck::run(args, global),
         Command::Header(cmd) => header::run(cmd, global),
         Command::Key(cmd) => key::run(cmd, global),
+        Command::Hidden(cmd) => hidden::run(cmd, global),
         Command::Grant(args) => acl::run_change(acl::Change::Grant, args, global),
         Command::Revoke(args) => acl::run_change(acl::Change::Revoke, args, global),
         Command::Acl(cmd) => acl::run_show(cmd, global),
