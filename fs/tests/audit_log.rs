@@ -129,6 +129,10 @@ fn entries_are_committed_with_the_data_and_verify_after_reopen() {
     assert_eq!(ops, [(1, AuditOp::Create), (2, AuditOp::Open)]);
     assert_eq!(log.entries[1].path, "/p1.txt");
     assert_eq!(log.entries[1].process, "cat");
+    // The live mount reads the same, through the filesystem.
+    let live = fs.read_audit_log().expect("read the live log");
+    assert!(live.is_intact());
+    assert_eq!(live.entries, log.entries);
 
     // More entries chain on, across a reopen.
     drop(fs);

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use super::inode::{Inode, S_IFREG, Timestamp};
 use super::state::State;
 use super::{BlockIo, Filesystem, finish};
-use crate::audit::chain::{ChainHead, FRAME_OVERHEAD, seal_entries};
+use crate::audit::FileLog;
+use crate::audit::chain::{ChainHead, FRAME_OVERHEAD, LogScan, seal_entries};
 use crate::audit::record::{AuditOp, AuditRecord};
 use crate::error::libc_errno;
 use crate::types::BLOCK_SIZE;
@@ -129,9 +130,11 @@ impl Filesystem {
     }
 
     /// Queues the entry of an operation that has happened (its room was checked with the
-    /// operation). Never refused; on a revoked volume it is dropped with everything else.
+    /// operation). Never refused; on a revoked or stopped volume it is dropped with
+    /// everything else that was not committed.
     pub fn audit_done(&self, record: AuditRecord) {
-        if self.is_revoked() {
+        // A stopped filesystem commits nothing more (the error is in the daemon's log).
+        if self.is_revoked() || self.failed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         if self.read_only {
@@ -169,6 +172,23 @@ impl Filesystem {
     /// The end of the audit chain as written so far (committed at the next sync).
     pub fn audit_head(&self) -> ChainHead {
         self.lock().sb.audit_head
+    }
+
+    /// The whole log as written so far, verified from its first entry to the head (for
+    /// a live mount's `domfs audit`; [`Filesystem::sync`] first to include what is
+    /// queued). The log only grows, so it is read after the filesystem's lock is let go:
+    /// other requests go on meanwhile.
+    pub fn read_audit_log(&self) -> Result<LogScan> {
+        let (head, inode) = self.inspect(|st, _| Ok((st.sb.audit_head, st.sb.audit.clone())))?;
+        let key = self.store.audit_key();
+        let volume = self.store.header().volume_id;
+        let io: &dyn BlockIo = &*self.store;
+        Ok(crate::audit::scan(
+            key,
+            &volume,
+            &head,
+            &mut FileLog { io, inode: &inode },
+        ))
     }
 
     /// Queues `record`; whether the queue has passed [`FLUSH_BYTES`].

@@ -134,7 +134,6 @@ pub fn auditor_for(fs: &Filesystem) -> Option<Arc<Auditor>> {
             tracing::error!(
                 "{BENCH_NO_AUDIT}=1: AUDITING IS OFF for this mount (a benchmark of its cost; key-file volumes only)"
             );
-            eprintln!("domfs: {BENCH_NO_AUDIT}=1: AUDITING IS OFF for this mount (benchmark only)");
             return None;
         }
         tracing::error!("{BENCH_NO_AUDIT} is ignored: this volume is in agent mode, and audits");
@@ -157,11 +156,18 @@ pub fn spawn_audit_committer(fs: Weak<Filesystem>, stop: Arc<AtomicBool>) {
                 }
                 if fs
                     .audit_pending_age()
-                    .is_some_and(|age| age >= AUDIT_COMMIT_INTERVAL)
-                    && let Err(e) = fs.sync()
+                    .is_none_or(|age| age < AUDIT_COMMIT_INTERVAL)
                 {
-                    tracing::error!("committing the audit log: {e}");
-                    std::thread::sleep(AUDIT_COMMIT_INTERVAL);
+                    continue;
+                }
+                match fs.sync() {
+                    Ok(()) => {}
+                    // The filesystem stopped: nothing will be committed any more.
+                    Err(crate::Error::Failed | crate::Error::Revoked) => return,
+                    Err(e) => {
+                        tracing::error!("committing the audit log: {e}");
+                        std::thread::sleep(AUDIT_COMMIT_INTERVAL);
+                    }
                 }
             }
         });
