@@ -133,11 +133,30 @@ fn entries_are_committed_with_the_data_and_verify_after_reopen() {
     let live = fs.read_audit_log().expect("read the live log");
     assert!(live.is_intact());
     assert_eq!(live.entries, log.entries);
+    // What a checkpoint anchors: the commit and the audit head inside it, as a pair.
+    let durable = fs.durable_state();
+    assert_eq!(durable.audit_head, fs.audit_head());
+    assert_eq!(
+        durable.superblock.sequence,
+        fs.store().superblock().sequence
+    );
+    fs.audit(record(AuditOp::Open, file.ino, "/p1.txt"))
+        .expect("audit");
+    fs.write(file.ino, 0, b"blood type A+").expect("write");
+    assert_eq!(
+        fs.durable_state().audit_head.seq,
+        2,
+        "nothing new is durable yet"
+    );
+    fs.sync().expect("sync");
+    assert_eq!(fs.durable_state().audit_head.seq, 3);
+    assert!(fs.durable_state().superblock.sequence > durable.superblock.sequence);
 
     // More entries chain on, across a reopen.
     drop(fs);
     let fs = open(&vol);
-    assert_eq!(fs.audit_head().seq, 2);
+    assert_eq!(fs.audit_head().seq, 3);
+    assert_eq!(fs.durable_state().audit_head, fs.audit_head());
     for i in 0..100 {
         fs.audit(record(AuditOp::Open, file.ino, &format!("/p{i}")))
             .expect("audit");
@@ -146,8 +165,8 @@ fn entries_are_committed_with_the_data_and_verify_after_reopen() {
     drop(fs);
     let log = committed_log(&vol);
     assert!(log.is_intact(), "{:?}", log.problems);
-    assert_eq!(log.entries.len(), 102);
-    assert_eq!(log.head.seq, 102);
+    assert_eq!(log.entries.len(), 103);
+    assert_eq!(log.head.seq, 103);
     assert!(log.head.len > BLOCK_SIZE as u64, "the log spans blocks");
     fsck_clean(&vol);
 }

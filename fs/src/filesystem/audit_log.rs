@@ -32,6 +32,7 @@ use crate::audit::FileLog;
 use crate::audit::chain::{ChainHead, FRAME_OVERHEAD, LogScan, seal_entries};
 use crate::audit::record::{AuditOp, AuditRecord};
 use crate::error::libc_errno;
+use crate::format::superblock::Superblock;
 use crate::types::BLOCK_SIZE;
 use crate::{Error, Result};
 
@@ -81,6 +82,44 @@ fn blocks_for(bytes: usize) -> u64 {
     }
     let data = (bytes as u64).div_ceil(BS) + 2;
     data + data / 512 + 3
+}
+
+/// What the last commit made durable: its superblock and the audit head inside it, as
+/// one pair (what a checkpoint at the TTP anchors).
+#[derive(Clone, Debug)]
+pub struct DurableState {
+    pub superblock: Superblock,
+    pub audit_head: ChainHead,
+}
+
+/// [`DurableState`], and the order of syncs that keeps it a pair.
+pub(crate) struct Durable {
+    order: Mutex<()>,
+    state: Mutex<DurableState>,
+}
+
+impl Durable {
+    pub(crate) fn new(superblock: Superblock, audit_head: ChainHead) -> Self {
+        Self {
+            order: Mutex::new(()),
+            state: Mutex::new(DurableState {
+                superblock,
+                audit_head,
+            }),
+        }
+    }
+
+    /// Held by a sync from before its commit until [`Durable::set`].
+    pub(crate) fn order(&self) -> MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set(&self, superblock: Superblock, audit_head: ChainHead) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = DurableState {
+            superblock,
+            audit_head,
+        };
+    }
 }
 
 /// Entries taken out of a read-only volume's queue.
@@ -172,6 +211,18 @@ impl Filesystem {
     /// The end of the audit chain as written so far (committed at the next sync).
     pub fn audit_head(&self) -> ChainHead {
         self.lock().sb.audit_head
+    }
+
+    /// The last commit's superblock and the audit head it holds, as one pair: what a
+    /// checkpoint must anchor (the volume's commit and its log agree). Unlike
+    /// [`Filesystem::audit_head`] and the store's superblock read one after the other,
+    /// no commit can fall between the two.
+    pub fn durable_state(&self) -> DurableState {
+        self.durable
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The whole log as written so far, verified from its first entry to the head (for

@@ -38,7 +38,7 @@ use inode::{Inode, ROOT_INO, S_IFDIR, Timestamp};
 use meta::FsSuper;
 use state::State;
 
-pub use audit_log::{AUDIT_LOG_PATH, DrainedAudit, FLUSH_BYTES, READ_ONLY_QUEUE};
+pub use audit_log::{AUDIT_LOG_PATH, DrainedAudit, DurableState, FLUSH_BYTES, READ_ONLY_QUEUE};
 pub use hidden::{FsOptions, HiddenEvent, HiddenSink, HiddenVersion, PurgeReason};
 pub use ops_data::{SetAttr, StatFs, TimeSet};
 pub use ops_ns::RenameFlags;
@@ -105,6 +105,8 @@ pub struct Filesystem {
     audit: audit_log::AuditQueue,
     /// The names the kernel knows inodes by ([`paths`]).
     names: paths::Names,
+    /// The last commit's superblock and audit head, as one pair ([`audit_log`]).
+    durable: audit_log::Durable,
     /// Host, clock, retention policy and sink of the hidden versions ([`hidden`]).
     hidden_cfg: hidden::HiddenConfig,
 }
@@ -129,6 +131,7 @@ impl Filesystem {
             None if read_only => return Err(Error::Unformatted),
             None => format(&store)?,
         };
+        let durable = audit_log::Durable::new(store.superblock(), sb.audit_head);
         let fs = Self {
             store,
             state: Mutex::new(State::new(sb)),
@@ -137,6 +140,7 @@ impl Filesystem {
             revoked: AtomicBool::new(false),
             audit: audit_log::AuditQueue::default(),
             names: paths::Names::default(),
+            durable,
             hidden_cfg: hidden::HiddenConfig::new(retention, &options),
         };
         {
@@ -186,13 +190,18 @@ impl Filesystem {
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::Failed);
         }
+        // One sync at a time from here to the record of what became durable.
+        let _in_order = self.durable.order();
         let mut ticket = self.store.begin_commit()?;
-        {
+        let head = {
             let mut st = self.lock();
             self.write_audit(&mut st, &*self.store)?;
             ticket.prepare()?;
-        }
-        ticket.complete().map(|_| ())
+            st.sb.audit_head
+        };
+        ticket.complete()?;
+        self.durable.set(self.store.superblock(), head);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
