@@ -8,9 +8,9 @@
 //!   it read-only beside any read-only mounts; restore and purge open it read-write and
 //!   refuse while it is mounted (the same lock as `domfs mount`). Being able to read the
 //!   key file (or being granted the key by the agent) is the authority here.
-//! - **A mount point**: served by the mount's daemon through its control socket, which
-//!   checks that the caller is root or in the operator group. Not in this build yet: the
-//!   command says so and changes nothing.
+//! - **A mount point**: served by the mount's daemon through its control socket
+//!   ([`live`]), which checks that the caller is root or in the mount's operator group;
+//!   a purge is signed with the manager's key here and checked by the daemon.
 //!
 //! PATH is relative to the volume's root (a leading `/` is ignored); version 1 is the
 //! most recent hidden version of a path. Purging needs the domain manager's key, and only
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use serde_json::json;
+use ed25519_dalek::SigningKey;
 
 use super::Global;
 use super::exit::{KeyRefused, OK, Refused};
@@ -92,7 +92,9 @@ pub enum Command {
         #[command(flatten)]
         key: KeyArgs,
     },
-    /// Free a hidden version for good: the domain manager's deliberate act (audited).
+    /// Free a hidden version for good: the domain manager's deliberate act (audited). On
+    /// a mount point the request is signed with the manager's key and checked by the
+    /// daemon; on a volume the key must match the header's manager key.
     #[command(disable_version_flag = true)]
     Purge {
         target: PathBuf,
@@ -108,15 +110,19 @@ pub enum Command {
     },
 }
 
-/// Where hidden versions come from: an unmounted volume opened here, or (later) a live
-/// mount's daemon.
+/// Where hidden versions come from: an unmounted volume opened here, or a live mount's
+/// daemon.
 pub trait HiddenSource {
     fn list(&self, prefix: Option<&str>) -> Result<Vec<HiddenVersion>>;
     /// Writes the version's content to `out`; returns the bytes written.
     fn show(&self, path: &str, version: u32, out: &mut dyn Write) -> Result<u64>;
     fn restore(&self, path: &str, version: u32, to: Option<&str>) -> Result<HiddenVersion>;
-    fn purge(&self, path: &str, version: u32) -> Result<HiddenVersion>;
+    /// On the authority of `manager`, the domain manager's key.
+    fn purge(&self, path: &str, version: u32, manager: &SigningKey) -> Result<HiddenVersion>;
 }
+
+#[path = "hidden_live.rs"]
+pub mod live;
 
 pub fn run(cmd: Command, global: Global) -> Result<u8> {
     match cmd {
@@ -131,7 +137,7 @@ pub fn run(cmd: Command, global: Global) -> Result<u8> {
             if json {
                 let mut out = std::io::stdout().lock();
                 for v in &versions {
-                    writeln!(out, "{}", version_json(v))?;
+                    writeln!(out, "{}", live::version_json(v))?;
                 }
             } else if versions.is_empty() {
                 if !global.quiet {
@@ -183,9 +189,13 @@ pub fn run(cmd: Command, global: Global) -> Result<u8> {
             manager_key,
             key,
         } => {
-            check_manager(&target, &manager_key)?;
+            let manager = if std::fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
+                read_manager_key(&manager_key)?
+            } else {
+                check_manager(&target, &manager_key)?
+            };
             let source = open_source(&target, &key, true)?;
-            let v = source.purge(&path, version)?;
+            let v = source.purge(&path, version, &manager)?;
             if !global.quiet {
                 println!(
                     "purged {} version {} ({} bytes, {} blocks freed)",
@@ -210,25 +220,22 @@ fn open_source(target: &Path, key: &KeyArgs, write: bool) -> Result<Box<dyn Hidd
     let meta =
         std::fs::metadata(target).with_context(|| format!("cannot open {}", target.display()))?;
     if meta.is_dir() {
-        return Err(live_mount_unavailable(target));
+        if !crate::control::client::is_domfs_mount(target) {
+            bail!(
+                "{} is a directory but not a domfs mount: give a mount point or a volume",
+                target.display()
+            );
+        }
+        if key.key_file.is_some() {
+            tracing::warn!("a live mount needs no --key-file; it is not used");
+        }
+        return Ok(Box::new(live::Live::new(target)));
     }
     Ok(Box::new(Offline::open(target, key, write)?))
 }
 
-/// The live-mount backend: the daemon's control socket (not in this build).
-fn live_mount_unavailable(mountpoint: &Path) -> anyhow::Error {
-    anyhow!(
-        "{} is a directory: hidden versions of a live mount are reached through its daemon's control socket, which this build does not have yet; unmount it (`domfs unmount {}`) and give the volume instead",
-        mountpoint.display(),
-        mountpoint.display()
-    )
-}
-
 /// Purging is the domain manager's act: its key must be the header's manager key.
-fn check_manager(target: &Path, manager_key: &Path) -> Result<()> {
-    if std::fs::metadata(target).is_ok_and(|m| m.is_dir()) {
-        return Err(live_mount_unavailable(target));
-    }
+fn check_manager(target: &Path, manager_key: &Path) -> Result<SigningKey> {
     let dev = FileDevice::open(target, Access::ReadOnly)
         .with_context(|| format!("cannot open {}", target.display()))?;
     let header = read_header(&dev)?.header;
@@ -247,7 +254,7 @@ fn check_manager(target: &Path, manager_key: &Path) -> Result<()> {
         ))
         .into());
     }
-    Ok(())
+    Ok(key)
 }
 
 /// An unmounted volume, opened here (and locked like a mount) for as long as this runs.
@@ -437,7 +444,8 @@ impl HiddenSource for Offline {
         Ok(v)
     }
 
-    fn purge(&self, path: &str, version: u32) -> Result<HiddenVersion> {
+    /// The caller checked `_manager` against the header ([`check_manager`]).
+    fn purge(&self, path: &str, version: u32, _manager: &SigningKey) -> Result<HiddenVersion> {
         let v = self
             .fs
             .hidden_purge(path.as_bytes(), version)
@@ -542,28 +550,4 @@ fn table(versions: &[HiddenVersion]) -> String {
         line(&cells);
     }
     out
-}
-
-fn version_json(v: &HiddenVersion) -> serde_json::Value {
-    let utf8 = std::str::from_utf8(&v.path).ok();
-    json!({
-        "path": v.path_text(),
-        "path_hex": utf8.is_none().then(|| hex::encode(&v.path)),
-        "version": v.version,
-        "id": v.id,
-        "size": v.size,
-        "blocks": v.blocks,
-        "when": when(v),
-        "when_unix": v.time.secs,
-        "uid": v.uid,
-        "user": user_name(v.uid),
-        "gid": v.gid,
-        "pid": v.pid,
-        "process": v.process,
-        "host": v.host,
-        "event": v.event.name(),
-        "cut_at": (v.event == crate::filesystem::HiddenEvent::Truncate).then_some(v.cut_at),
-        "open": v.open,
-        "kind": v.kind().map(|k| format!("{k:?}").to_lowercase()),
-    })
 }

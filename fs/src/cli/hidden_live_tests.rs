@@ -1,0 +1,227 @@
+//! The daemon's side of `domfs hidden` on a live mount, without a daemon: requests handed
+//! to [`serve`] with a real filesystem, answers parsed as the client parses them.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::crypto::{DomainKey, WriterKeys};
+use crate::device::{Access, FileDevice};
+use crate::filesystem::Caller;
+use crate::filesystem::inode::{ROOT_INO, S_IFREG};
+use crate::format::header::KeyMode;
+use crate::store::StoreOptions;
+use crate::types::VolumeId;
+use crate::volume::{CreateOptions, SignedAccessList, create_ttp_volume, create_volume};
+
+const WHO: Caller = Caller {
+    uid: 77,
+    gid: 88,
+    pid: 0,
+};
+
+/// An agent-mode volume (manager `manager`) formatted with a known key and writer key,
+/// or a key-file one.
+fn volume(dir: &Path, manager: Option<&SigningKey>) -> Filesystem {
+    let path = dir.join("v.vol");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("container");
+    let dev = FileDevice::open(&path, Access::ReadWrite).expect("open");
+    let key = DomainKey::from_bytes(&[9; 32]).expect("key");
+    let seed = [3u8; 32];
+    let writer = manager.map(|_| {
+        let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        Arc::new(WriterKeys::signer(&seed, &public).expect("writer"))
+    });
+    match manager {
+        Some(m) => {
+            create_ttp_volume(
+                &dev,
+                VolumeId::random().expect("id"),
+                b"live".to_vec(),
+                SignedAccessList {
+                    message: b"list".to_vec(),
+                    signature: vec![1; 64],
+                    manager_key: m.verifying_key().to_bytes().to_vec(),
+                },
+                Vec::new(),
+            )
+            .expect("create");
+        }
+        None => {
+            create_volume(
+                &dev,
+                CreateOptions {
+                    meta: Vec::new(),
+                    key_mode: KeyMode::KeyFile,
+                },
+                Some(&key),
+            )
+            .expect("create");
+        }
+    }
+    let store = crate::volume::open_store(
+        Arc::new(FileDevice::open(&path, Access::ReadWrite).expect("open")),
+        &key,
+        StoreOptions {
+            auto_commit: false,
+            writer,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("store");
+    Filesystem::open(Arc::new(store), false).expect("fs")
+}
+
+fn hide(fs: &Filesystem, name: &str, data: &[u8]) {
+    let e = fs
+        .mknod(ROOT_INO, name.as_bytes(), S_IFREG | 0o600, 0, WHO)
+        .expect("create");
+    fs.write(e.ino, 0, data).expect("write");
+    fs.forget(e.ino, 1);
+    fs.unlink(ROOT_INO, name.as_bytes(), WHO).expect("unlink");
+}
+
+/// The answer's header and the bytes after it.
+fn ask(fs: &Filesystem, request: Request) -> (Answer, Vec<u8>) {
+    let mut out = Vec::new();
+    assert!(serve(fs, &request, &mut out).expect("served"));
+    let end = out.iter().position(|&b| b == b'\n').expect("a header line");
+    let answer: Answer = serde_json::from_slice(&out[..end]).expect("json");
+    (answer, out[end + 1..].to_vec())
+}
+
+#[test]
+fn list_show_and_restore_through_the_control_protocol() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = volume(dir.path(), None);
+    hide(&fs, "a", b"first");
+    hide(&fs, "a", &[7u8; 10_000]);
+    let (answer, rest) = ask(&fs, Request::HiddenList { prefix: None });
+    assert!(answer.ok && rest.is_empty(), "{answer:?}");
+    let Some(Value::Array(items)) = answer.result else {
+        panic!("no list")
+    };
+    let versions: Vec<HiddenVersion> = items
+        .iter()
+        .map(|v| version_from_json(v).expect("parses"))
+        .collect();
+    assert_eq!(
+        versions,
+        fs.hidden_list(None).expect("list"),
+        "the wire loses nothing"
+    );
+    assert_eq!(versions[0].uid, 77);
+
+    let (answer, bytes) = ask(
+        &fs,
+        Request::HiddenShow {
+            path: "a".into(),
+            version: 2,
+        },
+    );
+    assert_eq!(answer.len, Some(5));
+    assert_eq!(bytes, b"first");
+    let (answer, _) = ask(
+        &fs,
+        Request::HiddenShow {
+            path: "a".into(),
+            version: 3,
+        },
+    );
+    assert!(!answer.ok && answer.code == Some(1), "{answer:?}");
+
+    let (answer, _) = ask(
+        &fs,
+        Request::HiddenRestore {
+            path: "a".into(),
+            version: 1,
+            to: None,
+        },
+    );
+    assert!(answer.ok, "{answer:?}");
+    assert_eq!(
+        version_from_json(&answer.result.expect("result"))
+            .expect("parses")
+            .size,
+        10_000
+    );
+    let (answer, _) = ask(
+        &fs,
+        Request::HiddenRestore {
+            path: "a".into(),
+            version: 1,
+            to: None,
+        },
+    );
+    assert_eq!(answer.code, Some(8), "the target exists: {answer:?}");
+    // Not a hidden request: left to the caller.
+    assert!(!serve(&fs, &Request::AuditVerify {}, &mut Vec::new()).expect("io"));
+}
+
+#[test]
+fn purge_needs_a_fresh_signature_of_the_domains_manager() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = SigningKey::from_bytes(&[5; 32]);
+    let other = SigningKey::from_bytes(&[6; 32]);
+    let fs = volume(dir.path(), Some(&manager));
+    hide(&fs, "chart", b"x");
+    hide(&fs, "chart", b"y");
+    let id = fs.store().header().volume_id.0;
+    let now = crate::store::unix_now();
+    let purge = |key: &SigningKey, version: u32, at: u64| Request::HiddenPurge {
+        path: "chart".into(),
+        version,
+        signature: hex::encode(
+            key.sign(&purge_message(&id, "chart", version, at))
+                .to_bytes(),
+        ),
+        signed_at: at,
+    };
+    for (request, why) in [
+        (purge(&other, 1, now), "not signed by this domain's manager"),
+        (purge(&manager, 1, now - 3600), "too long ago"),
+        (
+            Request::HiddenPurge {
+                path: "chart".into(),
+                version: 2,
+                signature: hex::encode(
+                    manager
+                        .sign(&purge_message(&id, "chart", 1, now))
+                        .to_bytes(),
+                ),
+                signed_at: now,
+            },
+            "not signed",
+        ),
+    ] {
+        let (answer, _) = ask(&fs, request);
+        assert_eq!(answer.code, Some(3), "{answer:?}");
+        assert!(
+            answer.error.as_deref().unwrap_or("").contains(why),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        fs.hidden_list(None).expect("list").len(),
+        2,
+        "nothing purged"
+    );
+    let good = purge(&manager, 1, now);
+    let (answer, _) = ask(&fs, good.clone());
+    assert!(answer.ok, "{answer:?}");
+    assert_eq!(fs.hidden_list(None).expect("list").len(), 1);
+    // The same signed request again would purge the next version 1: refused.
+    let (answer, _) = ask(&fs, good);
+    assert_eq!(answer.code, Some(3), "{answer:?}");
+    assert_eq!(fs.hidden_list(None).expect("list").len(), 1);
+
+    // A key-file volume has no manager.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = volume(dir.path(), None);
+    hide(&fs, "chart", b"x");
+    let (answer, _) = ask(&fs, purge(&manager, 1, now));
+    assert_eq!(answer.code, Some(8), "{answer:?}");
+}
