@@ -1107,8 +1107,11 @@ impl Filesystem {
             Some(slash) => (&target[..slash], &target[slash + 1..]),
             None => (&target[..0], &target[..]),
         };
-        if name.is_empty() || name.len() > 255 {
+        if name.is_empty() || name == b".." {
             return Err(Posix::Invalid.into());
+        }
+        if name.len() > 255 {
+            return Err(Posix::NameTooLong.into());
         }
         let restored = self.mutate(2, |st, io| {
             let id = st.hidden.find(&path, version).ok_or(Posix::NotFound)?;
