@@ -362,15 +362,30 @@ fn a_block_that_does_not_verify_is_recorded_with_the_files_path() {
 }
 
 #[test]
-fn a_mount_point_is_refused_with_a_clear_message() {
+fn a_live_mount_is_read_through_its_daemon_by_root_only() {
     fuse_available();
     let vol = Volume::new();
     let mp = vol.mountpoint("m");
     let m = vol.mount(&mp, &[]);
-    let out = domfs(&["audit", path_str(&mp)]);
-    assert!(!out.status.success());
-    let said = text(&out.stderr);
-    assert!(said.contains("control socket"), "{said}");
+    std::fs::write(mp.join("live.txt"), b"seen").expect("write");
+    // Through the daemon's control socket: the entries not yet committed are included.
+    let out = domfs(&["audit", "--json", "--path", "/live.txt", path_str(&mp)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"op\":\"create\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = domfs(&["audit", "--verify", path_str(&mp)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Anyone else is refused by the daemon (the socket is root's).
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(domfs_bin())
+        .args(["audit", path_str(&mp)])
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success(), "nobody read the audit trail");
     // A volume mounted read-write is not read from under its daemon.
     let out = audit(&vol, &[]);
     assert!(!out.status.success());

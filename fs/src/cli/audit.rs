@@ -110,17 +110,23 @@ impl AuditSource for VolumeFile {
     }
 }
 
+#[path = "audit_live.rs"]
+pub mod live;
+
 /// The source for `target`: a volume file or device (with its key), or a mount point.
 fn source_for(args: &Args) -> Result<Box<dyn AuditSource>> {
     let meta = std::fs::metadata(&args.target)
         .with_context(|| format!("cannot open {}", args.target.display()))?;
     if meta.is_dir() {
-        bail!(
-            "{} is a directory (a mount point?): the trail of a mounted volume is read through \
-             its daemon's control socket, which this build does not have yet; unmount it and \
-             run `domfs audit --key-file KEY VOLUME`",
-            args.target.display()
-        );
+        if !live::is_live(&args.target) {
+            bail!(
+                "{} is a directory but not a domfs mount: give a mount point or a volume",
+                args.target.display()
+            );
+        }
+        return Ok(Box::new(live::Live {
+            mountpoint: args.target.clone(),
+        }));
     }
     let Some(key_file) = &args.key_file else {
         bail!(

@@ -60,6 +60,10 @@ pub struct Args {
     /// to a read-only mount).
     #[arg(long)]
     read_write: bool,
+    /// Besides root, the members of this group may list, show and restore hidden versions
+    /// and read the audit trail of this mount (`domfs hidden`, `domfs audit`).
+    #[arg(long, value_name = "GROUP")]
+    operator_group: Option<String>,
     /// Agent mode, disaster recovery: mount even though the volume is older than (or
     /// forked from) the commit the TTP anchored. Recorded in the audit trail.
     #[arg(long)]
@@ -110,6 +114,7 @@ struct Prepared {
     log: Option<File>,
     quiet: bool,
     accept_rollback: bool,
+    operator_group: Option<nix::unistd::Gid>,
 }
 
 /// Where the domain key comes from.
@@ -209,6 +214,15 @@ fn prepare(args: &Args, global: Global) -> Result<Prepared> {
         log,
         quiet: global.quiet,
         accept_rollback: args.accept_rollback,
+        operator_group: match &args.operator_group {
+            None => None,
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .with_context(|| format!("cannot look up group {name}"))?
+                    .with_context(|| format!("--operator-group: there is no group {name}"))?
+                    .gid,
+            ),
+        },
     })
 }
 
@@ -219,6 +233,8 @@ struct Mounted {
     read_only: bool,
     /// Agent mode: given back at unmount.
     lease: Option<Lease>,
+    /// Removes the control socket when the daemon ends.
+    _control: crate::control::server::ControlServer,
     /// Released when the process exits, after the final commit.
     _volume_lock: File,
     _mountpoint_lock: File,
@@ -377,6 +393,12 @@ fn open_and_mount(
         read_only,
         allow_other: p.allow_other,
     };
+    let control = crate::control::server::spawn(
+        &crate::control::socket_path(&p.mountpoint),
+        p.operator_group,
+        Arc::new(super::mount_control::MountControl { fs: fs.clone() }),
+    )
+    .context("cannot open the mount's control socket")?;
     let adapter = DomFuse::new(fs.clone()).with_writeback_cache(p.writeback_cache);
     let session = crate::fuse::mount(adapter, &p.mountpoint, &settings)
         .with_context(|| format!("cannot mount on {}", p.mountpoint.display()))?;
@@ -393,6 +415,7 @@ fn open_and_mount(
         fs,
         read_only,
         lease,
+        _control: control,
         _volume_lock: volume_lock,
         _mountpoint_lock: mountpoint_lock,
     })

@@ -52,8 +52,9 @@ pub fn check_against_anchor(sb: &Superblock, anchor: Option<&Checkpoint>) -> Res
 
 /// The anchor for the volume as it is now.
 fn anchor_of(fs: &Filesystem) -> Checkpoint {
-    let sb = fs.store().superblock();
-    let head = fs.audit_head();
+    // The last commit's superblock and the audit head inside it, as one pair.
+    let durable = fs.durable_state();
+    let (sb, head) = (durable.superblock, durable.audit_head);
     Checkpoint {
         sequence: sb.sequence,
         generation: sb.generation_hwm.0,

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::protocol::{Answer, MAX_LINE, Request};
+use super::protocol::{Answer, Request};
 use super::socket_path;
 use crate::fuse::mountinfo::{self, FSTYPE};
+
+/// The longest answer header accepted: it may carry a whole listing (the daemon is
+/// trusted; the bound only stops a runaway).
+const MAX_ANSWER_LINE: u64 = 256 << 20;
 
 /// A connection to the daemon serving `mountpoint`.
 pub struct Connection {
@@ -54,7 +58,7 @@ impl Connection {
         self.reader.get_mut().write_all(&line)?;
         let mut header = Vec::new();
         (&mut self.reader)
-            .take(MAX_LINE as u64 + 1)
+            .take(MAX_ANSWER_LINE)
             .read_until(b'\n', &mut header)
             .context("the daemon did not answer")?;
         if header.is_empty() {
