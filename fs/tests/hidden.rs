@@ -661,6 +661,22 @@ fn keep_for_frees_old_versions_at_open_and_purge_frees_on_demand() {
         fs.unlink(ROOT_INO, name.as_bytes(), me()).expect("unlink");
     }
     assert!(fs.sweep_hidden().expect("sweep").is_empty());
+    // The sweep's purges are in the audit trail.
+    fs.sync().expect("sync");
+    let log = fs.read_audit_log().expect("audit log");
+    assert!(log.is_intact());
+    let purges: Vec<_> = log
+        .entries
+        .iter()
+        .filter(|e| e.op == domfs::audit::AuditOp::Purge)
+        .collect();
+    assert_eq!(purges.len(), 2, "{:?}", log.entries);
+    assert!(
+        purges
+            .iter()
+            .all(|e| e.detail.starts_with("retention keep-for=1d"))
+    );
+    assert_eq!(purges[0].path, "/old1");
     assert_eq!(fs.hidden_list(None).expect("list").len(), 2);
     // The manager's purge.
     let total = fs.statfs().blocks;
@@ -1034,6 +1050,21 @@ fn cli_lists_shows_and_restores_on_an_unmounted_volume() {
         assert_eq!(left[0].size, v2.len() as u64);
     }
     vol.fsck();
+    // The restore is in the audit trail, by this command.
+    let trail = run_ok(&["audit", "--json", "--key-file", key, volume]);
+    let restore = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|e| e["op"] == "restore")
+        .unwrap_or_else(|| panic!("no restore entry in\n{trail}"));
+    assert_eq!(restore["path"], "/ward 7/chart");
+    assert_eq!(restore["process"], "domfs");
+    assert!(
+        restore["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("to /ward 7/chart.old")),
+        "{restore}"
+    );
     // Purging needs a domain manager; a key-file volume has none.
     let manager = vol.dir.path().join("manager.key");
     run_ok(&["manager", "keygen", "--out", path_str(&manager)]);
@@ -1230,8 +1261,8 @@ fn fuse_removals_and_truncations_leave_hidden_versions() {
         !listing.iter().any(|n| n == "big" || n == "open"),
         "{listing:?}"
     );
-    // Offline access is refused while the volume is mounted; a mount point is not served
-    // yet.
+    // Offline access is refused while the volume is mounted; the mount point answers
+    // through its daemon (root here; another user is refused).
     run_fails(
         &[
             "hidden",
@@ -1243,16 +1274,52 @@ fn fuse_removals_and_truncations_leave_hidden_versions() {
         8,
         "mounted",
     );
+    let live = run_ok(&["hidden", "list", path_str(&mp)]);
+    for path in [
+        "ward/big",
+        "gone",
+        "ward/a",
+        "ward/b",
+        "ward/c",
+        "shared/e",
+        "ward/open",
+    ] {
+        assert!(
+            live.lines().any(|l| l.starts_with(&format!("{path} "))),
+            "{path} not listed through the mount:\n{live}"
+        );
+    }
+    let out = domfs(&["hidden", "show", path_str(&mp), "ward/big"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, big, "show through the mount");
+    run_fails(&["hidden", "restore", path_str(&mp), "ward/b"], 8, "exists");
+    let manager = vol.dir.path().join("manager.key");
+    run_ok(&["manager", "keygen", "--out", path_str(&manager)]);
     run_fails(
         &[
             "hidden",
-            "list",
+            "purge",
             path_str(&mp),
-            "--key-file",
-            path_str(&vol.key),
+            "ward/b",
+            "--version",
+            "1",
+            "--manager-key",
+            path_str(&manager),
         ],
-        1,
-        "control socket",
+        8,
+        "no domain manager",
+    );
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=4321", "--regid=4321", "--clear-groups"])
+        .arg(common::mount::domfs_bin())
+        .args(["hidden", "list", path_str(&mp)])
+        .output()
+        .expect("run domfs as another user");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("only root or the mount's operator group"),
+        "{}",
+        text(&out.stderr)
     );
     mount.unmount();
     vol.fsck();
@@ -1331,6 +1398,19 @@ fn fuse_removals_and_truncations_leave_hidden_versions() {
     assert_eq!(
         std::fs::read(mount.path("ward/big")).expect("restored"),
         big
+    );
+    // And through the live mount: at once visible there.
+    run_ok(&[
+        "hidden",
+        "restore",
+        path_str(&mp),
+        "ward/a",
+        "--to",
+        "ward/a.before",
+    ]);
+    assert_eq!(
+        std::fs::read(mount.path("ward/a.before")).expect("restored live"),
+        small
     );
     mount.unmount();
     vol.fsck();

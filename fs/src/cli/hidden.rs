@@ -30,6 +30,7 @@ use super::exit::{KeyRefused, OK, Refused};
 use super::key::read_key_file;
 use super::manager::read_manager_key;
 use super::mount_agent::{DEFAULT_AGENT_SOCKET, Lease, Want, acquire, release};
+use crate::audit::AuditOp;
 use crate::device::{Access, FileDevice};
 use crate::error::Posix;
 use crate::filesystem::{Filesystem, FsOptions, HiddenVersion};
@@ -423,35 +424,60 @@ impl HiddenSource for Offline {
 
     fn restore(&self, path: &str, version: u32, to: Option<&str>) -> Result<HiddenVersion> {
         let target = clean(to.unwrap_or(path));
-        let v = self
+        let before = self.fs.hidden_get(path.as_bytes(), version).ok();
+        let result = self
             .fs
-            .hidden_restore(path.as_bytes(), version, to.map(str::as_bytes))
-            .map_err(|e| match e {
-                crate::Error::Posix(Posix::Exists) => Refused(format!(
-                    "{target} exists: restore with --to NEWPATH, or move it away first"
-                ))
-                .into(),
-                crate::Error::Posix(Posix::NotFound)
-                    if self.fs.hidden_get(path.as_bytes(), version).is_ok() =>
-                {
-                    anyhow!(
-                        "{target}: its directory does not exist (restore that first, or use --to)"
-                    )
-                }
-                e => not_found(path, version)(e),
-            })?;
+            .hidden_restore(path.as_bytes(), version, to.map(str::as_bytes));
+        if let Some(v) = &before {
+            let errno = result.as_ref().err().map_or(0, crate::Error::errno);
+            self.fs.audit_done(self.fs.hidden_audit_record(
+                AuditOp::Restore,
+                this_process(),
+                v,
+                live::restore_detail(v, &target),
+                errno,
+            ));
+        }
+        let v = result.map_err(|e| match e {
+            crate::Error::Posix(Posix::Exists) => Refused(format!(
+                "{target} exists: restore with --to NEWPATH, or move it away first"
+            ))
+            .into(),
+            crate::Error::Posix(Posix::NotFound)
+                if self.fs.hidden_get(path.as_bytes(), version).is_ok() =>
+            {
+                anyhow!("{target}: its directory does not exist (restore that first, or use --to)")
+            }
+            e => not_found(path, version)(e),
+        })?;
         self.fs.sync()?;
         Ok(v)
     }
 
-    /// The caller checked `_manager` against the header ([`check_manager`]).
-    fn purge(&self, path: &str, version: u32, _manager: &SigningKey) -> Result<HiddenVersion> {
+    /// The caller checked `manager` against the header ([`check_manager`]).
+    fn purge(&self, path: &str, version: u32, manager: &SigningKey) -> Result<HiddenVersion> {
         let v = self
             .fs
             .hidden_purge(path.as_bytes(), version)
             .map_err(not_found(path, version))?;
+        self.fs.audit_done(self.fs.hidden_audit_record(
+            AuditOp::Purge,
+            this_process(),
+            &v,
+            live::purge_detail(&v, manager.verifying_key().as_bytes()),
+            0,
+        ));
         self.fs.sync()?;
         Ok(v)
+    }
+}
+
+/// This command's own credentials, for its audit entries.
+fn this_process() -> crate::filesystem::Caller {
+    crate::filesystem::Caller {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        pid: std::process::id(),
     }
 }
 

@@ -18,12 +18,14 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde_json::{Value, json};
 
 use super::HiddenSource;
+use crate::audit::AuditOp;
 use crate::control::client::Connection;
+use crate::control::peer::Peer;
 use crate::control::protocol::{Answer, Request, purge_message};
 use crate::control::server::write_answer;
 use crate::error::Posix;
 use crate::filesystem::inode::Timestamp;
-use crate::filesystem::{Filesystem, HiddenEvent, HiddenVersion};
+use crate::filesystem::{Caller, Filesystem, HiddenEvent, HiddenVersion};
 use crate::format::header::{KeyMode, read_header};
 use crate::fuse::mountinfo;
 
@@ -274,10 +276,64 @@ fn check_purge(
     Ok(bytes)
 }
 
-/// The daemon's answer to a `hidden-*` request, written to `out`. Returns `Ok(false)`
-/// (and writes nothing) for any other request. The caller has checked that the peer is
-/// root or in the operator group.
+/// The audit detail of a restore.
+pub(crate) fn restore_detail(v: &HiddenVersion, target: &str) -> String {
+    format!(
+        "hidden version {} (id {}, {} of {}) to /{target}",
+        v.version,
+        v.id,
+        v.event.name(),
+        super::when(v)
+    )
+}
+
+/// The audit detail of a manager's purge.
+pub(crate) fn purge_detail(v: &HiddenVersion, manager_key: &[u8]) -> String {
+    use sha2::Digest;
+    let fingerprint = sha2::Sha256::digest(manager_key);
+    format!(
+        "hidden version {} (id {}, {} bytes) by the domain manager (key {})",
+        v.version,
+        v.id,
+        v.size,
+        hex::encode(&fingerprint[..8])
+    )
+}
+
+/// [`serve_as`] without an audit trail of who asked (tests, tools).
 pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io::Result<bool> {
+    serve_inner(fs, request, None, out)
+}
+
+/// The daemon's answer to a `hidden-*` request from `peer`, written to `out`; reading a
+/// version's content, restoring and purging (or a refused purge) are audited as
+/// `peer`'s. Returns `Ok(false)` (and writes nothing) for any other request. The caller
+/// has checked that the peer is root or in the operator group.
+pub fn serve_as(
+    fs: &Filesystem,
+    request: &Request,
+    peer: &Peer,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
+    serve_inner(fs, request, Some(peer), out)
+}
+
+fn serve_inner(
+    fs: &Filesystem,
+    request: &Request,
+    peer: Option<&Peer>,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
+    let audit = |op: AuditOp, v: &HiddenVersion, detail: String, result: i32| {
+        if let Some(peer) = peer {
+            let who = Caller {
+                uid: peer.uid,
+                gid: peer.gid,
+                pid: peer.pid,
+            };
+            fs.audit_done(fs.hidden_audit_record(op, who, v, detail, result));
+        }
+    };
     let answer = match request {
         Request::HiddenList { prefix } => {
             match fs.hidden_list(prefix.as_deref().map(str::as_bytes)) {
@@ -294,6 +350,12 @@ pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io
             };
             match v {
                 Ok(v) => {
+                    audit(
+                        AuditOp::Open,
+                        &v,
+                        format!("hidden version {} (id {}) shown", v.version, v.id),
+                        0,
+                    );
                     // The size is fixed while hidden (an open version is shown as now).
                     write_answer(out, &Answer::bytes(v.size))?;
                     let mut offset = 0;
@@ -315,9 +377,15 @@ pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io
             }
         }
         Request::HiddenRestore { path, version, to } => {
-            let result = fs
-                .hidden_restore(path.as_bytes(), *version, to.as_deref().map(str::as_bytes))
-                .and_then(|v| fs.sync().map(|()| v));
+            let before = fs.hidden_get(path.as_bytes(), *version).ok();
+            let result =
+                fs.hidden_restore(path.as_bytes(), *version, to.as_deref().map(str::as_bytes));
+            if let Some(v) = &before {
+                let target = super::clean(to.as_deref().unwrap_or(path));
+                let errno = result.as_ref().err().map_or(0, crate::Error::errno);
+                audit(AuditOp::Restore, v, restore_detail(v, &target), errno);
+            }
+            let result = result.and_then(|v| fs.sync().map(|()| v));
             match result {
                 Ok(v) => Answer::value(version_json(&v)),
                 Err(e) => failure(&e, to.as_deref().unwrap_or(path), *version),
@@ -329,12 +397,27 @@ pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io
             signature,
             signed_at,
         } => match check_purge(fs, path, *version, signature, *signed_at) {
-            Err(refusal) => refusal,
-            Ok(_) => match fs
-                .hidden_purge(path.as_bytes(), *version)
-                .and_then(|v| fs.sync().map(|()| v))
-            {
-                Ok(v) => Answer::value(version_json(&v)),
+            Err(refusal) => {
+                if let Ok(v) = fs.hidden_get(path.as_bytes(), *version) {
+                    let why = refusal.error.clone().unwrap_or_default();
+                    audit(
+                        AuditOp::Purge,
+                        &v,
+                        format!("refused: {why}"),
+                        crate::error::libc_errno::EACCES,
+                    );
+                }
+                refusal
+            }
+            Ok(_) => match fs.hidden_purge(path.as_bytes(), *version) {
+                Ok(v) => {
+                    let key = &fs.store().header().manager_key;
+                    audit(AuditOp::Purge, &v, purge_detail(&v, key), 0);
+                    match fs.sync() {
+                        Ok(()) => Answer::value(version_json(&v)),
+                        Err(e) => failure(&e, path, *version),
+                    }
+                }
                 Err(e) => failure(&e, path, *version),
             },
         },

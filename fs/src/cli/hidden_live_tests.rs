@@ -159,6 +159,38 @@ fn list_show_and_restore_through_the_control_protocol() {
     assert_eq!(answer.code, Some(8), "the target exists: {answer:?}");
     // Not a hidden request: left to the caller.
     assert!(!serve(&fs, &Request::AuditVerify {}, &mut Vec::new()).expect("io"));
+
+    // Served for a peer, reading and restoring are audited as the peer's.
+    hide(&fs, "b", b"second");
+    let peer = Peer {
+        uid: 4321,
+        gid: 99,
+        pid: std::process::id(),
+        groups: Vec::new(),
+    };
+    for request in [
+        Request::HiddenShow {
+            path: "b".into(),
+            version: 1,
+        },
+        Request::HiddenRestore {
+            path: "b".into(),
+            version: 1,
+            to: Some("c".into()),
+        },
+    ] {
+        let mut out = Vec::new();
+        assert!(serve_as(&fs, &request, &peer, &mut out).expect("served"));
+    }
+    fs.sync().expect("sync");
+    let log = fs.read_audit_log().expect("log");
+    let mine: Vec<_> = log.entries.iter().filter(|e| e.uid == 4321).collect();
+    assert_eq!(mine.len(), 2, "{:?}", log.entries);
+    assert_eq!(mine[0].op, crate::audit::AuditOp::Open);
+    assert_eq!(mine[0].path, "/b");
+    assert_eq!(mine[1].op, crate::audit::AuditOp::Restore);
+    assert!(mine[1].detail.ends_with("to /c"), "{}", mine[1].detail);
+    assert_eq!(mine[1].result, 0);
 }
 
 #[test]
@@ -210,8 +242,28 @@ fn purge_needs_a_fresh_signature_of_the_domains_manager() {
         "nothing purged"
     );
     let good = purge(&manager, 1, now);
-    let (answer, _) = ask(&fs, good.clone());
+    let peer = Peer {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id(),
+        groups: Vec::new(),
+    };
+    let mut out = Vec::new();
+    assert!(serve_as(&fs, &good, &peer, &mut out).expect("served"));
+    let end = out.iter().position(|&b| b == b'\n').expect("a header line");
+    let answer: Answer = serde_json::from_slice(&out[..end]).expect("json");
     assert!(answer.ok, "{answer:?}");
+    let log = fs.read_audit_log().expect("log");
+    let purge_entry = log
+        .entries
+        .iter()
+        .find(|e| e.op == crate::audit::AuditOp::Purge)
+        .expect("the purge is audited");
+    assert!(
+        purge_entry.detail.contains("by the domain manager (key "),
+        "{}",
+        purge_entry.detail
+    );
     assert_eq!(fs.hidden_list(None).expect("list").len(), 1);
     // The same signed request again would purge the next version 1: refused.
     let (answer, _) = ask(&fs, good);

@@ -61,6 +61,7 @@ use super::dir::FileKind;
 use super::inode::{FLAG_HIDDEN, Inode, ROOT_INO, Timestamp};
 use super::state::{State, free_blocks};
 use super::{BlockIo, Caller, Filesystem};
+use crate::audit::{AccessMode, AuditOp, AuditRecord};
 use crate::error::Posix;
 use crate::format::retention::Retention;
 use crate::types::BLOCK_SIZE;
@@ -1220,8 +1221,28 @@ impl Filesystem {
             })?;
             let done = batch.len() < SWEEP_BATCH;
             let sink = self.hidden_cfg.sink();
+            let me = nix::unistd::getuid().as_raw();
+            let group = nix::unistd::getgid().as_raw();
             for v in &batch {
                 sink.purged(v, PurgeReason::Retention);
+                let detail = format!(
+                    "retention keep-for={}: version {} (id {}) hidden {} s ago",
+                    crate::format::retention::format_duration(keep_for),
+                    v.version,
+                    v.id,
+                    now.secs.saturating_sub(v.time.secs)
+                );
+                self.audit_done(self.hidden_audit_record(
+                    AuditOp::Purge,
+                    Caller {
+                        uid: me,
+                        gid: group,
+                        pid: std::process::id(),
+                    },
+                    v,
+                    detail,
+                    0,
+                ));
             }
             freed.extend(batch);
             if done {
@@ -1250,6 +1271,43 @@ impl Filesystem {
         }
         if let Err(e) = self.sweep_hidden() {
             tracing::warn!("retention sweep: {e}");
+        }
+    }
+
+    /// An audit entry about hidden version `v` by `who` (restore, purge, or the read of
+    /// its content), stamped now, with this filesystem's host. `result` is 0 or the errno
+    /// the request was answered with.
+    pub fn hidden_audit_record(
+        &self,
+        op: AuditOp,
+        who: Caller,
+        v: &HiddenVersion,
+        detail: String,
+        result: i32,
+    ) -> AuditRecord {
+        AuditRecord {
+            time_us: AuditRecord::now_us(),
+            uid: who.uid,
+            gid: who.gid,
+            pid: who.pid,
+            user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(who.uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_default(),
+            process: String::from_utf8_lossy(&process_name(who.pid)).into_owned(),
+            host: String::from_utf8_lossy(&self.hidden_cfg.host).into_owned(),
+            inode: v.ino,
+            path: format!("/{}", v.path_text()),
+            op,
+            mode: if op == AuditOp::Open {
+                AccessMode::Read
+            } else {
+                AccessMode::None
+            },
+            result,
+            detail,
+            ..AuditRecord::default()
         }
     }
 
