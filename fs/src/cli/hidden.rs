@@ -70,6 +70,7 @@ pub enum Command {
     /// Write a hidden version's content to stdout.
     #[command(disable_version_flag = true)]
     Show {
+        /// A mount point, or an unmounted volume (file or block device).
         target: PathBuf,
         /// The path the version had (relative to the volume's root).
         path: String,
@@ -83,8 +84,11 @@ pub enum Command {
     /// exist; its directory must).
     #[command(disable_version_flag = true)]
     Restore {
+        /// A mount point, or an unmounted volume (file or block device).
         target: PathBuf,
+        /// The path the version had, relative to the volume's root.
         path: String,
+        /// 1 = the most recent hidden version of PATH.
         #[arg(long, value_name = "N", default_value_t = 1)]
         version: u32,
         /// Restore under this path instead (relative to the volume's root).
@@ -98,8 +102,11 @@ pub enum Command {
     /// daemon; on a volume the key must match the header's manager key.
     #[command(disable_version_flag = true)]
     Purge {
+        /// A mount point, or an unmounted volume (file or block device).
         target: PathBuf,
+        /// The path the version had, relative to the volume's root.
         path: String,
+        /// 1 = the most recent hidden version of PATH.
         #[arg(long, value_name = "N")]
         version: u32,
         /// The domain manager's private key (`domfs manager keygen`); it must match the
