@@ -834,6 +834,27 @@ fn cost_of_hiding_against_freeing() {
             fs.hidden_usage().0,
             start.elapsed()
         );
+        // Truncations of a 256 MiB file: to half (blocks move between maps), to zero.
+        let big = fs
+            .mknod(ROOT_INO, b"big", S_IFREG | 0o600, 0, WHO)
+            .expect("create");
+        let chunk = prng_bytes(1 << 20, 2);
+        for i in 0..256u64 {
+            fs.write(big.ino, i << 20, &chunk).expect("write");
+        }
+        fs.sync().expect("sync");
+        for (what, size) in [("to half", 128u64 << 20), ("to zero", 0)] {
+            let free = fs.statfs().free;
+            let start = std::time::Instant::now();
+            truncate(&fs, big.ino, size);
+            fs.sync().expect("sync");
+            println!(
+                "  truncate {what}: {:?}, free blocks {} → {}",
+                start.elapsed(),
+                free,
+                fs.statfs().free
+            );
+        }
     }
 }
 
