@@ -15,11 +15,11 @@ pub struct MountControl {
 }
 
 impl Handler for MountControl {
-    fn handle(&self, request: Request, _peer: &Peer, out: &mut dyn Write) -> std::io::Result<()> {
+    fn handle(&self, request: Request, peer: &Peer, out: &mut dyn Write) -> std::io::Result<()> {
         if self.fs.is_revoked() {
             return write_answer(out, &Answer::failed("access to this volume was revoked", 3));
         }
-        if super::hidden::live::serve(&self.fs, &request, out)? {
+        if super::hidden::live::serve_as(&self.fs, &request, peer, out)? {
             return Ok(());
         }
         if super::audit::live::serve(&self.fs, &request, out)? {
