@@ -54,6 +54,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::alloc::AllocIo;
 use super::bmap::BlockMap;
@@ -83,6 +84,10 @@ const SWEEP_EVERY: i64 = 3600;
 const MAX_DEPTH: usize = 4096;
 /// Most names remembered at once.
 const MAX_NAMES: usize = 1 << 18;
+/// How long a process name is trusted (pids are reused).
+const PROCESS_TTL: Duration = Duration::from_secs(1);
+/// Process names cached at most.
+const MAX_PROCESSES: usize = 4096;
 
 const STATE_OPEN: u8 = 1;
 const STATE_KEPT: u8 = 2;
@@ -469,6 +474,8 @@ pub(crate) struct HiddenIndex {
     last_id: u64,
     /// Inode → (parent directory, name), checked before use.
     names: HashMap<u64, (u64, Box<[u8]>)>,
+    /// Process names by pid, trusted for [`PROCESS_TTL`] (pids are reused).
+    processes: HashMap<u32, (Vec<u8>, Instant)>,
 }
 
 impl HiddenIndex {
@@ -529,6 +536,22 @@ impl HiddenIndex {
     /// The number of live versions.
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// The name of the process `pid` belongs to, read at most once per [`PROCESS_TTL`]
+    /// (a `rm -r` of ten thousand files reads it once, not ten thousand times).
+    pub fn process_name(&mut self, pid: u32) -> Vec<u8> {
+        if let Some((name, when)) = self.processes.get(&pid)
+            && when.elapsed() < PROCESS_TTL
+        {
+            return name.clone();
+        }
+        let name = process_name(pid);
+        if self.processes.len() >= MAX_PROCESSES {
+            self.processes.clear();
+        }
+        self.processes.insert(pid, (name.clone(), Instant::now()));
+        name
     }
 
     /// `ino` is called `name` in `parent`.
@@ -770,6 +793,7 @@ pub(crate) struct Keep {
     path: Vec<u8>,
     event: HiddenEvent,
     caller: Caller,
+    process: Vec<u8>,
     time: Timestamp,
     host: Vec<u8>,
 }
@@ -800,6 +824,7 @@ impl Filesystem {
             path,
             event,
             caller,
+            process: st.hidden.process_name(caller.pid),
             time: self.hidden_cfg.now(),
             host: self.hidden_cfg.host.clone(),
         }))
@@ -841,7 +866,7 @@ fn record_for(keep: &Keep, inode: &Inode, ino: u64, state: u8) -> Record {
         blocks: inode.blocks,
         cut_at: 0,
         path: keep.path.clone(),
-        process: process_name(keep.caller.pid),
+        process: keep.process.clone(),
         host: keep.host.clone(),
     }
 }
@@ -1030,6 +1055,7 @@ impl Filesystem {
             path,
             event: HiddenEvent::Truncate,
             caller,
+            process: st.hidden.process_name(caller.pid),
             time: now,
             host: self.hidden_cfg.host.clone(),
         };
