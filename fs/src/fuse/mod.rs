@@ -279,9 +279,13 @@ impl DomFuse {
     }
 
     /// A durability point: everything done so far is committed when this returns Ok.
-    fn sync(&self, op: &str, ino: u64) -> Result<(), Errno> {
+    fn sync(&self, req: &Request, op: &str, ino: u64) -> Result<(), Errno> {
         self.fs.sync().map_err(|e| {
             tracing::error!("{op} (inode {ino}): commit failed: {e}");
+            // A block that did not verify is recorded like any other.
+            if matches!(e, Error::Integrity(_) | Error::ForgedSuperblock(_)) {
+                self.fail(req, op, ino, &e);
+            }
             // Whatever went wrong, the caller must learn that its data is not durable.
             Errno::EIO
         })
@@ -614,13 +618,13 @@ impl fuser::Filesystem for DomFuse {
     /// sending fsync altogether and reports success without syncing.
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync("fsync", ino.0) {
+        match self.sync(req, "fsync", ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -677,13 +681,13 @@ impl fuser::Filesystem for DomFuse {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync("fsyncdir", ino.0) {
+        match self.sync(req, "fsyncdir", ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
