@@ -1,10 +1,9 @@
 //! `domfs audit`: a volume's audit trail, newest first (`--json`, `--fhir`), and
 //! `--verify`, which walks the whole chain and exits 0 only when it is intact.
 //!
-//! Where the entries come from is an [`AuditSource`]: today the volume itself, read
-//! offline with its key file ([`VolumeFile`]). A mounted volume (a mount point given) is
-//! read through its daemon's control socket once that exists; until then the command
-//! says so.
+//! Where the entries come from is an [`AuditSource`]: the volume itself, read offline with
+//! its key file ([`VolumeFile`]), or a mounted volume's daemon through its control socket
+//! (a mount point given: [`live::Live`]). Either way the CLI filters and judges alike.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -90,8 +89,8 @@ impl AuditSource for VolumeFile {
         match lock.try_lock_shared() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{} is mounted read-write by a domfs daemon: unmount it first (reading a live \
-                 mount's trail comes with the daemon's control socket)",
+                "{} is mounted read-write by a domfs daemon: give its mount point instead \
+                 (`domfs audit MOUNTPOINT` asks the daemon), or unmount it first",
                 path.display()
             ),
             Err(std::fs::TryLockError::Error(e)) => {
