@@ -155,6 +155,59 @@ fn read_only_mounts_ship_their_audit_entries_to_the_ttp() {
         !opens.is_empty(),
         "no open of chart.txt from the ro host at the TTP: {entries:?}"
     );
+
+    // `domfs audit` shows both: the volume's own log and what the TTP keeps, offline
+    // (the key from the agent) and on a live mount (through the daemon and its agent).
+    let offline = domfs(&["audit", "--json", "--agent", s(&writer.socket), s(&volume)]);
+    assert_both_sources(&offline, "offline");
+    assert!(writer.mount(&volume, &dir, &[]).status.success());
+    let live = domfs(&["audit", "--json", s(&dir)]);
+    assert_both_sources(&live, "live");
+    let table = domfs(&["audit", "--path", "/chart.txt", s(&dir)]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    assert!(
+        text(&table.stdout).contains("db-replica via ttp"),
+        "{}",
+        text(&table.stdout)
+    );
+    let local = domfs(&["audit", "--json", "--no-ttp", s(&dir)]);
+    assert!(local.status.success(), "{}", text(&local.stderr));
+    assert!(!text(&local.stdout).contains("\"source\":\"ttp\""));
+    assert!(text(&local.stdout).contains("\"source\":\"volume\""));
+    // An agent that cannot be reached: the volume's entries, then a clear failure.
+    let gone = scratch.path().join("no-agent.sock");
+    let failed = domfs(&["audit", "--json", "--agent", s(&gone), s(&dir)]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    assert!(text(&failed.stdout).contains("\"source\":\"volume\""));
+    assert!(
+        text(&failed.stderr).contains("cannot reach the domfs agent")
+            && text(&failed.stderr).contains("--no-ttp"),
+        "{}",
+        text(&failed.stderr)
+    );
+    unmount(&dir);
+}
+
+/// `out` (of `domfs audit --json`) has the writer's create of chart.txt from the volume
+/// and the read-only host's open of it from the TTP, newest first.
+fn assert_both_sources(out: &std::process::Output, how: &str) {
+    assert!(out.status.success(), "{how}: {}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let position = |source: &str, op: &str| {
+        lines
+            .iter()
+            .position(|e| e["source"] == source && e["op"] == op && e["path"] == "/chart.txt")
+    };
+    let read = position("ttp", "open").unwrap_or_else(|| panic!("{how}: no TTP entry: {lines:?}"));
+    let created =
+        position("volume", "create").unwrap_or_else(|| panic!("{how}: no create: {lines:?}"));
+    assert!(read < created, "{how}: not newest first: {lines:?}");
+    assert_eq!(lines[read]["sender"], "db-replica", "{how}");
+    assert_eq!(lines[read]["mode"], "r", "{how}");
+    assert!(lines[read]["ttp_seq"].as_u64().unwrap() >= 1, "{how}");
 }
 
 /// The pid of the daemon serving `dir` (the holder of the mount point's lock).

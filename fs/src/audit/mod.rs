@@ -7,6 +7,8 @@
 //!   the domain key), the head kept in the filesystem superblock, and the walk that
 //!   verifies the whole chain.
 //! - [`query`]: filters and the text, JSON and FHIR `AuditEvent` forms.
+//! - [`remote`]: the entries the TTP keeps for read-only hosts, and their merge with the
+//!   volume's own.
 //!
 //! The log itself is an internal file of the filesystem (its inode and the chain's head
 //! are in the filesystem superblock); `crate::filesystem` appends to it in batches that
@@ -25,6 +27,7 @@
 pub mod chain;
 pub mod query;
 pub mod record;
+pub mod remote;
 
 pub use chain::{ChainHead, ChainProblem, LogBlocks, LogScan, scan, seal_entries};
 pub use query::Filter;

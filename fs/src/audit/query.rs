@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::record::{AccessMode, AuditOp, AuditRecord};
+use super::remote::{Kept, Shown};
 use crate::types::VolumeId;
 
 /// Which entries a listing shows.
@@ -65,11 +66,6 @@ impl Filter {
 fn normalize(p: &str) -> String {
     let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
     format!("/{}", parts.join("/"))
-}
-
-/// The entries that pass `filter`, newest first (the reverse of the log's order).
-pub fn newest_first<'a>(entries: &'a [AuditRecord], filter: &Filter) -> Vec<&'a AuditRecord> {
-    entries.iter().rev().filter(|r| filter.matches(r)).collect()
 }
 
 /// `ok`, or the errno's name (`ENOENT`; `errno 300` for one without a name).
@@ -214,8 +210,12 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 }
 
 /// One flat JSON object (the `--json` line of an entry).
-pub fn json_object(r: &AuditRecord) -> Value {
-    json!({
+/// `source` says where it was kept (`volume`, or `ttp` with `ttp_seq` and `sender`, the
+/// certificate name of the read-only host that sent it; `seq` is then 0: not in the
+/// volume's chain).
+pub fn json_object(shown: &Shown) -> Value {
+    let r = shown.record;
+    let mut object = json!({
         "seq": r.seq,
         "time": rfc3339(r.time_us),
         "uid": r.uid,
@@ -230,13 +230,31 @@ pub fn json_object(r: &AuditRecord) -> Value {
         "mode": r.mode.name(),
         "result": result_name(r.result),
         "detail": r.detail,
-    })
+        "source": shown.kept.name(),
+    });
+    if let Kept::Ttp { sequence, sender } = shown.kept {
+        object["ttp_seq"] = json!(sequence);
+        object["sender"] = json!(sender);
+    }
+    object
+}
+
+/// The host column of the table: the recorded host, and for an entry the TTP keeps, the
+/// host that sent it when that is another name.
+fn host_cell(shown: &Shown) -> String {
+    match shown.kept {
+        Kept::Volume => shown.record.host.clone(),
+        Kept::Ttp { sender, .. } if sender == shown.record.host => format!("{sender} via ttp"),
+        Kept::Ttp { sender, .. } => format!("{} ({sender} via ttp)", shown.record.host),
+    }
 }
 
 /// The entry as a FHIR R4 `AuditEvent` resource (compare IHE ATNA): type and subtype, the
 /// action (C/R/U/D/E), when, the outcome, who (user and process), where (the host), and
 /// what (the path and inode).
-pub fn fhir_audit_event(r: &AuditRecord, volume: &VolumeId) -> Value {
+/// An entry the TTP keeps has the TTP as its observer and its sequence number in its id.
+pub fn fhir_audit_event(shown: &Shown, volume: &VolumeId) -> Value {
+    let r = shown.record;
     const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
     let (type_code, type_display) = match r.op {
         AuditOp::IntegrityError => ("110113", "Security Alert"),
@@ -273,7 +291,10 @@ pub fn fhir_audit_event(r: &AuditRecord, volume: &VolumeId) -> Value {
     };
     let mut event = json!({
         "resourceType": "AuditEvent",
-        "id": format!("domfs-{}-{}", hex::encode(volume.0), r.seq),
+        "id": match shown.kept {
+            Kept::Volume => format!("domfs-{}-{}", hex::encode(volume.0), r.seq),
+            Kept::Ttp { sequence, .. } => format!("domfs-{}-ttp-{sequence}", hex::encode(volume.0)),
+        },
         "type": { "system": DCM, "code": type_code, "display": type_display },
         "subtype": subtype,
         "action": action,
@@ -305,7 +326,13 @@ pub fn fhir_audit_event(r: &AuditRecord, volume: &VolumeId) -> Value {
         ],
         "source": {
             "site": r.host,
-            "observer": { "display": format!("domfs volume {}", hex::encode(volume.0)) },
+            "observer": { "display": match shown.kept {
+                Kept::Volume => format!("domfs volume {}", hex::encode(volume.0)),
+                Kept::Ttp { sender, .. } => format!(
+                    "domfs TTP for volume {} (sent by host {sender})",
+                    hex::encode(volume.0)
+                ),
+            } },
             "type": [{
                 "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
                 "code": "4", "display": "Application Server"
@@ -346,7 +373,7 @@ pub fn fhir_audit_event(r: &AuditRecord, volume: &VolumeId) -> Value {
 }
 
 /// A text table of `entries` (already in the order to show), with a header line.
-pub fn table(entries: &[&AuditRecord]) -> String {
+pub fn table(entries: &[Shown]) -> String {
     let mut rows = vec![[
         "TIME".to_string(),
         "USER".into(),
@@ -357,7 +384,8 @@ pub fn table(entries: &[&AuditRecord]) -> String {
         "RESULT".into(),
         "PATH".into(),
     ]];
-    for r in entries {
+    for shown in entries {
+        let r = shown.record;
         let mut path = if r.path.is_empty() {
             format!("(inode {})", r.inode)
         } else {
@@ -374,7 +402,7 @@ pub fn table(entries: &[&AuditRecord]) -> String {
                 r.uid
             ),
             format!("{}[{}]", r.process, r.pid),
-            r.host.clone(),
+            host_cell(shown),
             r.op.name(),
             r.mode.name().to_string(),
             result_name(r.result),
@@ -463,9 +491,9 @@ mod tests {
             rec("/c", 65534, 40),
         ];
         let paths = |f: &Filter| -> Vec<String> {
-            newest_first(&entries, f)
+            super::super::remote::merged_newest_first(&entries, &[], f)
                 .iter()
-                .map(|r| r.path.clone())
+                .map(|s| s.record.path.clone())
                 .collect()
         };
         assert_eq!(paths(&Filter::default()), ["/c", "/ab", "/a/b", "/a"]);
@@ -509,7 +537,11 @@ mod tests {
             process: "cat".into(),
             ..rec("/p", 65534, 1_767_323_045_000_000)
         };
-        let j = json_object(&r);
+        let shown = Shown {
+            record: &r,
+            kept: Kept::Volume,
+        };
+        let j = json_object(&shown);
         for field in [
             "time", "uid", "user", "gid", "pid", "process", "host", "inode", "path", "op", "mode",
             "result",
@@ -518,7 +550,8 @@ mod tests {
         }
         assert_eq!(j["mode"], "r");
         assert_eq!(j["result"], "ok");
-        let f = fhir_audit_event(&r, &VolumeId([1; 16]));
+        assert_eq!(j["source"], "volume");
+        let f = fhir_audit_event(&shown, &VolumeId([1; 16]));
         assert_eq!(f["resourceType"], "AuditEvent");
         assert_eq!(f["action"], "R");
         assert_eq!(f["outcome"], "0");
@@ -530,8 +563,19 @@ mod tests {
             result: 5,
             ..r
         };
-        let f = fhir_audit_event(&bad, &VolumeId([1; 16]));
+        let kept = Kept::Ttp {
+            sequence: 7,
+            sender: "ward-b",
+        };
+        let shown = Shown { record: &bad, kept };
+        let f = fhir_audit_event(&shown, &VolumeId([1; 16]));
         assert_eq!(f["outcome"], "8");
         assert_eq!(f["type"]["code"], "110113");
+        assert!(f["id"].as_str().unwrap().ends_with("-ttp-7"));
+        let j = json_object(&shown);
+        assert_eq!(j["source"], "ttp");
+        assert_eq!(j["ttp_seq"], 7);
+        assert_eq!(j["sender"], "ward-b");
+        assert!(table(&[shown]).contains("ward (ward-b via ttp)"));
     }
 }

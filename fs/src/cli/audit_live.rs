@@ -3,7 +3,8 @@
 //! commits what is queued first (read-write mounts), then reads and verifies the whole
 //! log itself; the answer carries every entry (encoded as in the log), what the walk over
 //! the chain found, and the head, so the CLI filters, prints and judges exactly as it
-//! does for a volume file.
+//! does for a volume file. For an agent-mode volume it adds the header's signed access
+//! list as on the device now, with which the CLI asks the TTP for its entries.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 
-use super::{AuditLog, AuditSource};
+use super::{AuditLog, AuditSource, DomainRef};
 use crate::audit::{AuditRecord, ChainHead, ChainProblem, LogScan};
 use crate::control::client::Connection;
 use crate::control::protocol::{Answer, Request};
 use crate::control::server::write_answer;
 use crate::filesystem::Filesystem;
+use crate::format::header::KeyMode;
 use crate::types::VolumeId;
 
 /// The mount at `mountpoint`, through its daemon.
@@ -49,7 +51,13 @@ pub fn is_live(path: &Path) -> bool {
 }
 
 /// The daemon's answer to an `audit` request; `Ok(false)` (nothing written) for others.
-pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io::Result<bool> {
+/// `agent`: the socket of the agent that released the key (agent mode).
+pub fn serve(
+    fs: &Filesystem,
+    agent: Option<&Path>,
+    request: &Request,
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
     if !matches!(
         request,
         Request::AuditVerify {} | Request::AuditQuery { .. }
@@ -77,12 +85,43 @@ pub fn serve(fs: &Filesystem, request: &Request, out: &mut dyn Write) -> std::io
             return Ok(true);
         }
     };
-    let payload = serde_json::to_vec(&to_json(&fs.store().header().volume_id, &scan))
-        .map_err(std::io::Error::other)?;
+    let domain = match domain_of(fs, agent) {
+        Ok(domain) => domain,
+        Err(e) => {
+            write_answer(
+                out,
+                &Answer::failed(format!("cannot read the volume's header: {e}"), 5),
+            )?;
+            return Ok(true);
+        }
+    };
+    let mut value = to_json(&fs.store().header().volume_id, &scan);
+    if let Some(domain) = domain {
+        value["domain"] = json!({
+            "signed_message": hex::encode(&domain.signed_message),
+            "signature": hex::encode(&domain.signature),
+            "agent": domain.agent.as_ref().map(|a| a.to_string_lossy().into_owned()),
+        });
+    }
+    let payload = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
     write_answer(out, &Answer::bytes(payload.len() as u64))?;
     out.write_all(&payload)?;
     out.flush()?;
     Ok(true)
+}
+
+/// An agent-mode volume's access list as on the device now (`domfs grant` may have
+/// rewritten it since the mount, and the TTP answers only for the newest).
+fn domain_of(fs: &Filesystem, agent: Option<&Path>) -> crate::Result<Option<DomainRef>> {
+    if fs.store().header().key_mode != KeyMode::Ttp {
+        return Ok(None);
+    }
+    let header = fs.store().current_header()?;
+    Ok(Some(DomainRef {
+        signed_message: header.signed_message,
+        signature: header.signature,
+        agent: agent.map(Path::to_path_buf),
+    }))
 }
 
 fn to_json(volume: &VolumeId, scan: &LogScan) -> Value {
@@ -129,7 +168,16 @@ fn from_json(value: &Value) -> Result<AuditLog> {
     let mac: [u8; 32] = hex::decode(text(&head["mac"])?)?
         .try_into()
         .map_err(|_| anyhow!("bad head MAC"))?;
+    let domain = match &value["domain"] {
+        Value::Null => None,
+        d => Some(DomainRef {
+            signed_message: hex::decode(text(&d["signed_message"])?)?,
+            signature: hex::decode(text(&d["signature"])?)?,
+            agent: d["agent"].as_str().map(PathBuf::from),
+        }),
+    };
     Ok(AuditLog {
+        domain,
         volume: VolumeId(volume),
         scan: LogScan {
             entries,

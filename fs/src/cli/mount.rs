@@ -396,7 +396,10 @@ fn open_and_mount(
     let control = crate::control::server::spawn(
         &crate::control::socket_path(&p.mountpoint),
         p.operator_group,
-        Arc::new(super::mount_control::MountControl { fs: fs.clone() }),
+        Arc::new(super::mount_control::MountControl {
+            fs: fs.clone(),
+            agent: lease.as_ref().map(|l| l.socket().to_path_buf()),
+        }),
     )
     .context("cannot open the mount's control socket")?;
     let adapter = DomFuse::new(fs.clone()).with_writeback_cache(p.writeback_cache);

@@ -3,6 +3,7 @@
 //! to come from root or the operator group.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::control::peer::Peer;
@@ -12,6 +13,9 @@ use crate::filesystem::Filesystem;
 
 pub struct MountControl {
     pub fs: Arc<Filesystem>,
+    /// The agent that released the key (agent mode): `domfs audit` asks it for the
+    /// entries the TTP keeps.
+    pub agent: Option<PathBuf>,
 }
 
 impl Handler for MountControl {
@@ -22,7 +26,7 @@ impl Handler for MountControl {
         if super::hidden::live::serve_as(&self.fs, &request, peer, out)? {
             return Ok(());
         }
-        if super::audit::live::serve(&self.fs, &request, out)? {
+        if super::audit::live::serve(&self.fs, self.agent.as_deref(), &request, out)? {
             return Ok(());
         }
         write_answer(

@@ -274,8 +274,15 @@ impl BlockStore {
         Ok(store)
     }
 
+    /// The header as it was read at open.
     pub fn header(&self) -> &DomainHeader {
         &self.header
+    }
+
+    /// The header as it is on the device now: `domfs grant` and `revoke` rewrite the
+    /// access list of a mounted volume, and the TTP answers only for the newest list.
+    pub fn current_header(&self) -> Result<DomainHeader> {
+        Ok(read_header(self.dev.as_ref())?.header)
     }
 
     /// The key that chains the audit log's entries (an HKDF subkey of the domain key).
