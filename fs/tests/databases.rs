@@ -5,70 +5,21 @@
 //!
 //! Needs root, /dev/fuse, sqlite3 and PostgreSQL (scripts/install-deps), as in CI. Missing
 //! tools fail the tests; they never skip. Run with `--nocapture` to see the timing of each
-//! phase.
+//! phase. The PostgreSQL harness (cluster, server guard, psql) is `common::postgres`.
 
 mod common;
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::*;
-
-/// Times the phases of a test and prints each one (visible with `--nocapture`).
-struct Phases {
-    test: &'static str,
-    start: Instant,
-    last: Instant,
-}
-
-impl Phases {
-    fn new(test: &'static str) -> Self {
-        let now = Instant::now();
-        Self {
-            test,
-            start: now,
-            last: now,
-        }
-    }
-
-    fn done(&mut self, phase: &str) {
-        let now = Instant::now();
-        eprintln!(
-            "[{}] {phase}: {:.1} s (total {:.1} s)",
-            self.test,
-            (now - self.last).as_secs_f64(),
-            (now - self.start).as_secs_f64()
-        );
-        self.last = now;
-    }
-}
-
-/// Runs `cmd` and fails the test with its output unless it succeeds; returns stdout.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    check(&out, what, cmd);
-    text(&out.stdout)
-}
-
-fn check(out: &Output, what: &str, cmd: &Command) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+use common::postgres::*;
 
 // ---------------------------------------------------------------------------------------
 // SQLite
@@ -394,163 +345,35 @@ fn sqlite_wal_and_rollback_journal_databases() {
 // PostgreSQL
 // ---------------------------------------------------------------------------------------
 
-/// The directory holding initdb, pg_ctl and postgres: Debian's /usr/lib/postgresql/N/bin,
-/// the newest installed.
-fn postgres_bindir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
+/// The pgbench tables' row counts and balance sums (which pgbench keeps equal).
+fn pgbench_state(cluster: &PgCluster) -> PgbenchState {
+    let line = cluster.psql(
+        "SELECT (SELECT count(*) FROM pgbench_accounts), \
+                (SELECT count(*) FROM pgbench_branches), \
+                (SELECT count(*) FROM pgbench_tellers), \
+                (SELECT count(*) FROM pgbench_history), \
+                (SELECT sum(abalance) FROM pgbench_accounts), \
+                (SELECT sum(bbalance) FROM pgbench_branches), \
+                (SELECT sum(tbalance) FROM pgbench_tellers), \
+                (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+    );
+    let v: Vec<i64> = line
+        .split('|')
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("unexpected psql output {line:?}"))
         })
         .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, bin)| bin)
-        .expect("PostgreSQL server binaries (initdb) not found under /usr/lib/postgresql/*/bin: install postgresql (scripts/install-deps)")
-}
-
-/// A PostgreSQL client program: from the server's bindir, or else on PATH (`which`).
-fn postgres_tool(bindir: &Path, name: &str) -> PathBuf {
-    let own = bindir.join(name);
-    if own.exists() {
-        return own;
-    }
-    let out = Command::new("which").arg(name).output().expect("run which");
-    let path = text(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "{name} is missing: neither in {} nor on PATH. It ships with Debian's \
-         postgresql-client; install it (scripts/install-deps)",
-        bindir.display()
-    );
-    PathBuf::from(path)
-}
-
-/// Everything needed to run one PostgreSQL cluster as the `postgres` user.
-struct PgCluster {
-    bindir: PathBuf,
-    /// A directory postgres can search (the working directory of its commands).
-    base: PathBuf,
-    data: PathBuf,
-    socket_dir: PathBuf,
-    log: PathBuf,
-    port: u16,
-}
-
-impl PgCluster {
-    /// A command running `program` as postgres, connected to this cluster by default.
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"])
-            .arg(program)
-            .current_dir(&self.base)
-            .env("PGHOST", &self.socket_dir)
-            .env("PGPORT", self.port.to_string())
-            .env("PGUSER", "postgres")
-            .env("PGDATABASE", "postgres")
-            .env("LC_ALL", "C.UTF-8")
-            .env_remove("PGDATA")
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE");
-        cmd
-    }
-
-    fn tool(&self, name: &str) -> Command {
-        self.command(&postgres_tool(&self.bindir, name))
-    }
-
-    fn pg_ctl(&self) -> Command {
-        let mut cmd = self.command(&self.bindir.join("pg_ctl"));
-        cmd.arg("-D").arg(&self.data);
-        cmd
-    }
-
-    fn initdb(&self) {
-        run(
-            self.command(&self.bindir.join("initdb"))
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-A", "trust", "-E", "UTF8", "--no-locale"]),
-            "initdb",
-        );
-    }
-
-    /// Starts the server (returns once it accepts connections, after any recovery).
-    fn start(&self) -> PgServer<'_> {
-        let server = PgServer {
-            cluster: self,
-            live: true,
-        };
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=''",
-            self.port,
-            path_str(&self.socket_dir)
-        );
-        let mut cmd = self.pg_ctl();
-        cmd.args(["-w", "-t", "600", "-l"])
-            .arg(&self.log)
-            .args(["-o", &options, "start"]);
-        let out = cmd.stdin(Stdio::null()).output().expect("run pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed ({}):\n{}\n{}\n--- server log\n{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr),
-            self.log_text()
-        );
-        server
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        run(
-            self.tool("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-            "psql",
-        )
-        .trim()
-        .to_owned()
-    }
-
-    /// The pgbench tables' row counts and balance sums (which pgbench keeps equal).
-    fn pgbench_state(&self) -> PgbenchState {
-        let line = self.psql(
-            "SELECT (SELECT count(*) FROM pgbench_accounts), \
-                    (SELECT count(*) FROM pgbench_branches), \
-                    (SELECT count(*) FROM pgbench_tellers), \
-                    (SELECT count(*) FROM pgbench_history), \
-                    (SELECT sum(abalance) FROM pgbench_accounts), \
-                    (SELECT sum(bbalance) FROM pgbench_branches), \
-                    (SELECT sum(tbalance) FROM pgbench_tellers), \
-                    (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
-        );
-        let v: Vec<i64> = line
-            .split('|')
-            .map(|s| {
-                s.parse()
-                    .unwrap_or_else(|_| panic!("unexpected psql output {line:?}"))
-            })
-            .collect();
-        assert_eq!(v.len(), 8, "unexpected psql output {line:?}");
-        PgbenchState {
-            accounts: v[0],
-            branches: v[1],
-            tellers: v[2],
-            history: v[3],
-            sum_abalance: v[4],
-            sum_bbalance: v[5],
-            sum_tbalance: v[6],
-            sum_delta: v[7],
-        }
+    assert_eq!(v.len(), 8, "unexpected psql output {line:?}");
+    PgbenchState {
+        accounts: v[0],
+        branches: v[1],
+        tellers: v[2],
+        history: v[3],
+        sum_abalance: v[4],
+        sum_bbalance: v[5],
+        sum_tbalance: v[6],
+        sum_delta: v[7],
     }
 }
 
@@ -584,74 +407,6 @@ impl PgbenchState {
     }
 }
 
-/// A running server; dropping it without `stop`/`crash` kills it (immediate stop) so the
-/// mount can go. Declare it after the `Mount` it runs on: it must be dropped first.
-struct PgServer<'a> {
-    cluster: &'a PgCluster,
-    live: bool,
-}
-
-impl PgServer<'_> {
-    fn stop(mut self, mode: &str) {
-        run(
-            self.cluster
-                .pg_ctl()
-                .args(["-w", "-t", "300", "-m", mode, "stop"]),
-            &format!("pg_ctl -m {mode} stop"),
-        );
-        self.live = false;
-    }
-}
-
-impl Drop for PgServer<'_> {
-    fn drop(&mut self) {
-        if !self.live {
-            return;
-        }
-        let c = self.cluster;
-        let _ = c
-            .pg_ctl()
-            .args(["-w", "-t", "30", "-m", "immediate", "stop"])
-            .stdin(Stdio::null())
-            .output();
-        // Still there: kill the postmaster (its children exit when it is gone).
-        if let Some(pid) = fs::read_to_string(c.data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            wait_until(Duration::from_secs(10), || {
-                nix::sys::signal::kill(pid, None).is_err()
-            });
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if std::thread::panicking() {
-            let log = c.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- end of the server log");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
-fn chown_postgres(path: &Path) {
-    let user = nix::unistd::User::from_name("postgres")
-        .expect("look up the postgres user")
-        .expect("no postgres user: install postgresql (scripts/install-deps)");
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown to postgres");
-}
-
 /// The number pgbench reports in "number of transactions actually processed: N[/M]".
 fn pgbench_processed(out: &str) -> i64 {
     let line = out
@@ -679,25 +434,11 @@ fn postgresql_pgbench_survives_a_crash() {
     }
 
     let vol = Volume::with_size("2G");
-    // The server runs as postgres: it must reach the mount point and its own directories.
-    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let mp = vol.mountpoint("m");
-    fs::set_permissions(&mp, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let run_dir = vol.dir.path().join("run");
-    fs::create_dir(&run_dir).expect("mkdir");
-    chown_postgres(&run_dir);
-    let cluster = PgCluster {
-        bindir,
-        base: vol.dir.path().to_path_buf(),
-        data: mp.join("pgdata"),
-        socket_dir: run_dir.clone(),
-        log: run_dir.join("postgres.log"),
-        port: free_port(),
-    };
+    let cluster = PgCluster::on_mount(bindir, vol.dir.path(), &mp);
 
     let m = vol.mount(&mp, &["--allow-other"]);
-    fs::create_dir(&cluster.data).expect("mkdir pgdata");
-    chown_postgres(&cluster.data);
+    cluster.create_data();
     phases.done("create and mount a 2 GiB volume");
 
     cluster.initdb();
@@ -711,7 +452,7 @@ fn postgresql_pgbench_survives_a_crash() {
         "pgbench -i",
     );
     phases.done(&format!("pgbench -i -s {PGBENCH_SCALE}"));
-    let initial = cluster.pgbench_state();
+    let initial = pgbench_state(&cluster);
     initial.assert_consistent(PGBENCH_SCALE);
     assert_eq!(
         (initial.history, initial.sum_delta),
@@ -734,7 +475,7 @@ fn postgresql_pgbench_survives_a_crash() {
             .unwrap_or("(no tps line)")
     ));
     assert!(processed > 0, "pgbench committed nothing:\n{bench}");
-    let recorded = cluster.pgbench_state();
+    let recorded = pgbench_state(&cluster);
     recorded.assert_consistent(PGBENCH_SCALE);
     assert_eq!(
         recorded.history, processed,
@@ -754,7 +495,7 @@ fn postgresql_pgbench_survives_a_crash() {
     );
     phases.done("start again: crash recovery");
     assert_eq!(
-        cluster.pgbench_state(),
+        pgbench_state(&cluster),
         recorded,
         "data committed before the crash is not what it was"
     );
@@ -776,7 +517,7 @@ fn postgresql_pgbench_survives_a_crash() {
         cluster.tool("pgbench").args(["-n", "-c", "2", "-t", "200"]),
         "pgbench after recovery",
     );
-    let after = cluster.pgbench_state();
+    let after = pgbench_state(&cluster);
     after.assert_consistent(PGBENCH_SCALE);
     assert_eq!(after.history, recorded.history + pgbench_processed(&more));
     server.stop("fast");
@@ -794,7 +535,7 @@ fn postgresql_pgbench_survives_a_crash() {
         !restart_log.contains("automatic recovery in progress"),
         "a cleanly stopped server needed recovery after a remount:\n{restart_log}"
     );
-    assert_eq!(cluster.pgbench_state(), after, "after the remount");
+    assert_eq!(pgbench_state(&cluster), after, "after the remount");
     server.stop("fast");
     m.unmount();
     phases.done("remount, start, check, stop, unmount");

@@ -3,6 +3,7 @@
 
 pub mod devices;
 pub mod mount;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::sync::Arc;
