@@ -5,8 +5,17 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::*;
+use super::index::HiddenIndex;
+use super::naming::{join, normalize_path};
+use super::record::{MAX_PATH, Record, STATE_KEPT, STATE_PURGED};
+use super::table::{append, read_table, retire};
+use super::who::bounded;
+use super::{BS, HiddenEvent};
+use crate::Result;
+use crate::filesystem::BlockIo;
+use crate::filesystem::inode::{Inode, Timestamp};
 use crate::filesystem::meta::FsSuper;
+use crate::filesystem::state::State;
 use crate::types::Block;
 
 #[derive(Default)]
