@@ -190,10 +190,7 @@ fn derived_key(state: &std::path::Path, id: &DomainId) -> anyhow::Result<[u8; 32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_then_restore_derives_the_same_keys() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.start(300)?;
+    let (mut ttp, alice) = Ttp::with_hosts(&["db1"], 300)?;
     let live = domain_id(1);
     let doomed = domain_id(2);
     let mut requests = Vec::new();
@@ -337,22 +334,8 @@ async fn a_restored_ttp_releases_the_same_key() -> anyhow::Result<()> {
             .into_inner()
             .wrapped_keys,
     )?;
-    let key_file = ttp.dir.path().join("backup.key");
-    std::fs::write(&key_file, [0x77; 32])?;
-    let backup = ttp.dir.path().join("ttp.backup");
-    ttp.admin(&["backup", "--out", path(&backup), "--key", path(&key_file)])?;
+    let restored = ttp.restored_copy([0x77; 32])?;
     ttp.stop()?;
-
-    let restored = ttp.dir.path().join("restored");
-    ok(&[
-        "restore",
-        "--state",
-        path(&restored),
-        "--from",
-        path(&backup),
-        "--key",
-        path(&key_file),
-    ])?;
     // The same CA, so the same client certificates work.
     ttp.state = restored;
     ttp.start(300)?;

@@ -6,50 +6,10 @@ mod common;
 use common::*;
 use domfs_proto::ttp::ttp_client::TtpClient;
 use domfs_proto::ttp::{
-    Checkpoint, CheckpointRequest, GetDomainKeyRequest, GetDomainKeyResponse, Mode,
-    RegisterDomainRequest, ReleaseLeaseRequest,
+    Checkpoint, CheckpointRequest, GetDomainKeyResponse, Mode, ReleaseLeaseRequest,
 };
-use ed25519_dalek::SigningKey;
 use tonic::Code;
 use tonic::transport::Channel;
-
-struct Domain {
-    id: [u8; 16],
-    message: Vec<u8>,
-    signature: Vec<u8>,
-}
-
-impl Domain {
-    fn ask(&self, mode: Mode) -> GetDomainKeyRequest {
-        GetDomainKeyRequest {
-            signed_message: self.message.clone(),
-            signature: self.signature.clone(),
-            mode: mode as i32,
-        }
-    }
-}
-
-async fn register(
-    ttp: &Ttp,
-    manager: &SigningKey,
-    id: [u8; 16],
-    grants: &[(&str, domfs_proto::acl::Access)],
-) -> anyhow::Result<Domain> {
-    let (message, signature) = signed(manager, id, 1, b"ward 7", grants)?;
-    ttp.client("alice")
-        .await?
-        .register_domain(RegisterDomainRequest {
-            signed_message: message.clone(),
-            signature: signature.clone(),
-            manager_key: manager.verifying_key().to_bytes().to_vec(),
-        })
-        .await?;
-    Ok(Domain {
-        id,
-        message,
-        signature,
-    })
-}
 
 /// A checkpoint as a superblock would give it.
 fn state(sequence: u64, root: u8, head: u8) -> Checkpoint {
@@ -95,12 +55,7 @@ async fn grant(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_read_write_holder_checkpoints() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.host("db2", true)?;
-    ttp.host("db3", true)?;
-    ttp.start(300)?;
+    let (ttp, alice) = Ttp::with_hosts(&["db1", "db2", "db3"], 300)?;
     let domain = register(
         &ttp,
         &alice,
@@ -210,11 +165,7 @@ async fn only_the_read_write_holder_checkpoints() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_never_go_back_and_survive_a_restart() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.host("db2", true)?;
-    ttp.start(300)?;
+    let (mut ttp, alice) = Ttp::with_hosts(&["db1", "db2"], 300)?;
     let domain = register(&ttp, &alice, domain_id(2), &[("db1", RW), ("db2", RO)]).await?;
     let other = register(&ttp, &alice, domain_id(3), &[("db1", RW)]).await?;
     let rw = grant(&ttp, "db1", &domain, Mode::ReadWrite).await?;
@@ -316,20 +267,7 @@ async fn checkpoints_never_go_back_and_survive_a_restart() -> anyhow::Result<()>
     assert_eq!(ro.checkpoint, Some(newer));
 
     // Backups hold the checkpoints.
-    let key = ttp.dir.path().join("backup.key");
-    std::fs::write(&key, [7u8; 32])?;
-    let backup = ttp.dir.path().join("ttp.backup");
-    ttp.admin(&["backup", "--out", path(&backup), "--key", path(&key)])?;
-    let restored = ttp.dir.path().join("restored");
-    ok(&[
-        "restore",
-        "--state",
-        path(&restored),
-        "--from",
-        path(&backup),
-        "--key",
-        path(&key),
-    ])?;
+    let restored = ttp.restored_copy([7u8; 32])?;
     let listing = ok(&["domains", "list", "--json", "--state", path(&restored)])?;
     assert!(listing.contains("\"sequence\": 9"), "{listing}");
     Ok(())

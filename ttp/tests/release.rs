@@ -7,50 +7,12 @@ use std::time::Duration;
 use common::*;
 use domfs_proto::ttp::ttp_client::TtpClient;
 use domfs_proto::ttp::{
-    GetDomainKeyRequest, GetDomainKeyResponse, Mode, RegisterDomainRequest, ReleaseLeaseRequest,
-    RenewLeaseRequest, UpdateAccessListRequest,
+    GetDomainKeyResponse, Mode, RegisterDomainRequest, ReleaseLeaseRequest, RenewLeaseRequest,
+    UpdateAccessListRequest,
 };
 use ed25519_dalek::SigningKey;
 use tonic::Code;
 use tonic::transport::Channel;
-
-struct Domain {
-    id: [u8; 16],
-    message: Vec<u8>,
-    signature: Vec<u8>,
-}
-
-impl Domain {
-    fn ask(&self, mode: Mode) -> GetDomainKeyRequest {
-        GetDomainKeyRequest {
-            signed_message: self.message.clone(),
-            signature: self.signature.clone(),
-            mode: mode as i32,
-        }
-    }
-}
-
-async fn register(
-    ttp: &Ttp,
-    manager: &SigningKey,
-    id: [u8; 16],
-    grants: &[(&str, domfs_proto::acl::Access)],
-) -> anyhow::Result<Domain> {
-    let (message, signature) = signed(manager, id, 1, b"ward 7", grants)?;
-    ttp.client("alice")
-        .await?
-        .register_domain(RegisterDomainRequest {
-            signed_message: message.clone(),
-            signature: signature.clone(),
-            manager_key: manager.verifying_key().to_bytes().to_vec(),
-        })
-        .await?;
-    Ok(Domain {
-        id,
-        message,
-        signature,
-    })
-}
 
 async fn update(
     ttp: &Ttp,
@@ -299,11 +261,7 @@ async fn policy_refusals() -> anyhow::Result<()> {
 /// Needs the real `wrap::wrap_for_host`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_read_write_lease_per_domain() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.host("db2", true)?;
-    ttp.start(2)?;
+    let (ttp, alice) = Ttp::with_hosts(&["db1", "db2"], 2)?;
     let domain = register(&ttp, &alice, domain_id(1), &[("db1", RW), ("db2", RW)]).await?;
     let mut db1 = ttp.client("db1").await?;
     let mut db2 = ttp.client("db2").await?;
@@ -365,12 +323,7 @@ async fn one_read_write_lease_per_domain() -> anyhow::Result<()> {
 /// Needs the real `wrap::wrap_for_host`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_checks_everything_again() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.host("db2", true)?;
-    ttp.host("db3", true)?;
-    ttp.start(300)?;
+    let (ttp, alice) = Ttp::with_hosts(&["db1", "db2", "db3"], 300)?;
     let domain = register(
         &ttp,
         &alice,
@@ -440,11 +393,7 @@ async fn renewal_checks_everything_again() -> anyhow::Result<()> {
 /// Needs the real `wrap::wrap_for_host`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_write_lease_survives_a_restart() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db1", true)?;
-    ttp.host("db2", true)?;
-    ttp.start(300)?;
+    let (mut ttp, alice) = Ttp::with_hosts(&["db1", "db2"], 300)?;
     let domain = register(&ttp, &alice, domain_id(1), &[("db1", RW), ("db2", RW)]).await?;
     let rw = ttp
         .client("db1")

@@ -6,52 +6,18 @@ mod common;
 use common::*;
 use domfs_proto::ttp::ttp_client::TtpClient;
 use domfs_proto::ttp::{
-    AppendAuditRequest, GetDomainKeyRequest, HostStatusRequest, Mode, ReadAuditRequest,
-    ReadAuditResponse, RegisterDomainRequest,
+    AppendAuditRequest, HostStatusRequest, Mode, ReadAuditRequest, ReadAuditResponse,
 };
 use domfs_proto::{MAX_AUDIT_ENTRIES, MAX_AUDIT_ENTRY};
-use ed25519_dalek::SigningKey;
 use tonic::Code;
 use tonic::transport::Channel;
-
-struct Domain {
-    id: [u8; 16],
-    message: Vec<u8>,
-    signature: Vec<u8>,
-}
-
-async fn register(
-    ttp: &Ttp,
-    manager: &SigningKey,
-    id: [u8; 16],
-    grants: &[(&str, domfs_proto::acl::Access)],
-) -> anyhow::Result<Domain> {
-    let (message, signature) = signed(manager, id, 1, b"ward 7", grants)?;
-    ttp.client("alice")
-        .await?
-        .register_domain(RegisterDomainRequest {
-            signed_message: message.clone(),
-            signature: signature.clone(),
-            manager_key: manager.verifying_key().to_bytes().to_vec(),
-        })
-        .await?;
-    Ok(Domain {
-        id,
-        message,
-        signature,
-    })
-}
 
 /// A lease of `host` on `domain`.
 async fn lease(ttp: &Ttp, host: &str, domain: &Domain, mode: Mode) -> anyhow::Result<Vec<u8>> {
     Ok(ttp
         .client(host)
         .await?
-        .get_domain_key(GetDomainKeyRequest {
-            signed_message: domain.message.clone(),
-            signature: domain.signature.clone(),
-            mode: mode as i32,
-        })
+        .get_domain_key(domain.ask(mode))
         .await?
         .into_inner()
         .lease_id)
@@ -302,10 +268,7 @@ async fn bounds_and_the_cap_are_refused_and_the_server_goes_on() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_audit_answer_stays_inside_the_message_limit() -> anyhow::Result<()> {
-    let mut ttp = Ttp::new()?;
-    let alice = ttp.manager("alice")?;
-    ttp.host("db2", true)?;
-    ttp.start(300)?;
+    let (ttp, alice) = Ttp::with_hosts(&["db2"], 300)?;
     let domain = register(&ttp, &alice, domain_id(1), &[("db2", RO)]).await?;
     let ro = lease(&ttp, "db2", &domain, Mode::ReadOnly).await?;
     let mut db2 = ttp.client("db2").await?;

@@ -21,6 +21,7 @@ use aws_lc_rs::rsa::{
 use domfs_proto::acl::{Access, AccessList, SignedMessage};
 use domfs_proto::client::{TlsFiles, connect_ttp};
 use domfs_proto::ttp::ttp_client::TtpClient;
+use domfs_proto::ttp::{GetDomainKeyRequest, Mode, RegisterDomainRequest};
 use domfs_ttp::attest::EnrolledKey;
 use domfs_ttp::registry::Registry;
 use ed25519_dalek::SigningKey;
@@ -127,6 +128,18 @@ impl Ttp {
         })
     }
 
+    /// A server started with `lease`-second leases, manager alice (her key is returned),
+    /// and the `hosts` enrolled and approved.
+    pub fn with_hosts(hosts: &[&str], lease: u32) -> anyhow::Result<(Ttp, SigningKey)> {
+        let mut ttp = Ttp::new()?;
+        let alice = ttp.manager("alice")?;
+        for host in hosts {
+            ttp.host(host, true)?;
+        }
+        ttp.start(lease)?;
+        Ok((ttp, alice))
+    }
+
     pub fn state_arg(&self) -> &str {
         path(&self.state)
     }
@@ -229,6 +242,26 @@ impl Ttp {
         }
     }
 
+    /// A backup under a backup key of `key` bytes, restored into a new state directory
+    /// (returned).
+    pub fn restored_copy(&self, key: [u8; 32]) -> anyhow::Result<PathBuf> {
+        let key_file = self.dir.path().join("backup.key");
+        std::fs::write(&key_file, key)?;
+        let backup = self.dir.path().join("ttp.backup");
+        self.admin(&["backup", "--out", path(&backup), "--key", path(&key_file)])?;
+        let restored = self.dir.path().join("restored");
+        ok(&[
+            "restore",
+            "--state",
+            path(&restored),
+            "--from",
+            path(&backup),
+            "--key",
+            path(&key_file),
+        ])?;
+        Ok(restored)
+    }
+
     pub fn running(&self) -> bool {
         self.child.is_some()
     }
@@ -315,6 +348,48 @@ pub fn signed(
     };
     let (message, signature) = SignedMessage::new(&list, meta)?.sign(key);
     Ok((message, signature.to_vec()))
+}
+
+/// A registered domain: its id and the signed access list a host presents.
+pub struct Domain {
+    pub id: [u8; 16],
+    pub message: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl Domain {
+    /// The request for the domain key in `mode`.
+    pub fn ask(&self, mode: Mode) -> GetDomainKeyRequest {
+        GetDomainKeyRequest {
+            signed_message: self.message.clone(),
+            signature: self.signature.clone(),
+            mode: mode as i32,
+        }
+    }
+}
+
+/// Registers domain `id` (through alice's certificate) with `manager`'s access list
+/// version 1 granting `grants`.
+pub async fn register(
+    ttp: &Ttp,
+    manager: &SigningKey,
+    id: [u8; 16],
+    grants: &[(&str, Access)],
+) -> anyhow::Result<Domain> {
+    let (message, signature) = signed(manager, id, 1, b"ward 7", grants)?;
+    ttp.client("alice")
+        .await?
+        .register_domain(RegisterDomainRequest {
+            signed_message: message.clone(),
+            signature: signature.clone(),
+            manager_key: manager.verifying_key().to_bytes().to_vec(),
+        })
+        .await?;
+    Ok(Domain {
+        id,
+        message,
+        signature,
+    })
 }
 
 pub const RO: Access = Access::ReadOnly;
