@@ -420,6 +420,16 @@ impl Host {
         args.extend([s(volume), s(dir)]);
         domfs(&args)
     }
+
+    /// [`Host::mount`], which must be refused the key: exit status 3, and `why` in its
+    /// message (an empty `why`: any message). Returns the message.
+    pub fn mount_refused(&self, volume: &Path, dir: &Path, extra: &[&str], why: &str) -> String {
+        let out = self.mount(volume, dir, extra);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(why), "the refusal lacks {why:?}: {stderr}");
+        stderr
+    }
 }
 
 impl Drop for Host {

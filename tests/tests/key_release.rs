@@ -75,8 +75,7 @@ fn two_hosts_one_writes_then_the_other_reads() {
     let write = std::fs::write(ro_dir.join("other.txt"), b"x");
     assert!(write.is_err(), "a read-only mount accepted a write");
     // Asking for rw explicitly is refused: the list says ro.
-    let rw_refused = reader.mount(&volume, &scratch.path().join("rw2"), &["--read-write"]);
-    assert_eq!(code(&rw_refused), Some(3), "{}", text(&rw_refused.stderr));
+    reader.mount_refused(&volume, &scratch.path().join("rw2"), &["--read-write"], "");
     unmount(&ro_dir);
 
     // The lease was given back at unmount: the primary may mount read-write again.
@@ -107,12 +106,11 @@ fn refusals_are_clear_and_logged() {
     assert!(out.status.success(), "create: {}", text(&out.stderr));
 
     // A host not in the list.
-    let out = stranger.mount(&volume, &scratch.path().join("m1"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("not in access list"),
-        "{}",
-        text(&out.stderr)
+    stranger.mount_refused(
+        &volume,
+        &scratch.path().join("m1"),
+        &[],
+        "not in access list",
     );
     assert!(ttp.log().contains("stranger"), "{}", ttp.log());
 
@@ -120,24 +118,15 @@ fn refusals_are_clear_and_logged() {
     let edited = scratch.path().join("edited.vol");
     std::fs::copy(&volume, &edited).unwrap();
     edit_signed_list(&edited, "stranger");
-    let out = stranger.mount(&edited, &scratch.path().join("m2"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("signature"),
-        "{}",
-        text(&out.stderr)
-    );
+    stranger.mount_refused(&edited, &scratch.path().join("m2"), &[], "signature");
 
     // A header rolled back to an older list that still named a revoked host.
     let old_header = scratch.path().join("old.vol");
     std::fs::copy(&volume, &old_header).unwrap();
     let out = manager.change("revoke", &volume, "granted", None);
     assert!(out.status.success(), "revoke: {}", text(&out.stderr));
-    let out = granted.mount(&old_header, &scratch.path().join("m3"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("older"), "{}", text(&out.stderr));
-    let out = granted.mount(&volume, &scratch.path().join("m3"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    granted.mount_refused(&old_header, &scratch.path().join("m3"), &[], "older");
+    granted.mount_refused(&volume, &scratch.path().join("m3"), &[], "");
 
     // Granted again, then the host is revoked at the TTP.
     let out = manager.change("grant", &volume, "granted", Some("rw"));
@@ -147,26 +136,14 @@ fn refusals_are_clear_and_logged() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     unmount(&dir);
     ttp.admin_ok(&["hosts", "revoke", "granted"]);
-    let out = granted.mount(&volume, &dir, &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("revoked"),
-        "{}",
-        text(&out.stderr)
-    );
+    granted.mount_refused(&volume, &dir, &[], "revoked");
 
     // A destroyed domain is never released again.
     let out = manager.change("grant", &volume, "stranger", Some("rw"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let domain = domain_id(&volume);
     ttp.admin_ok(&["domains", "destroy", &domain]);
-    let out = stranger.mount(&volume, &scratch.path().join("m5"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("destroyed"),
-        "{}",
-        text(&out.stderr)
-    );
+    stranger.mount_refused(&volume, &scratch.path().join("m5"), &[], "destroyed");
 
     let log = ttp.log();
     for why in [
@@ -191,13 +168,7 @@ fn an_unapproved_host_and_a_foreign_certificate_get_nothing() {
     let mut pending = Host::start_unapproved(&ttp, "pending", scratch.path());
     let out = manager.create(&volume, "32M", &["pending=rw"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = pending.mount(&volume, &scratch.path().join("m"), &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("approv"),
-        "{}",
-        text(&out.stderr)
-    );
+    pending.mount_refused(&volume, &scratch.path().join("m"), &[], "approv");
     pending.stop_agent();
 
     // A client whose certificate another CA issued.
@@ -269,9 +240,7 @@ fn changed_pcrs_mean_no_key() {
         .extend_pcr(16, b"a different boot")
         .expect("extend PCR 16");
     host.start_agent();
-    let out = host.mount(&volume, &dir, &[]);
-    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("PCR"), "{}", text(&out.stderr));
+    host.mount_refused(&volume, &dir, &[], "PCR");
     assert!(host.agent_log().contains("PCR"), "{}", host.agent_log());
 }
 
