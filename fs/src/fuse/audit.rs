@@ -142,8 +142,9 @@ pub fn auditor_for(fs: &Filesystem) -> Option<Arc<Auditor>> {
 }
 
 /// Commits queued audit entries that have waited [`AUDIT_COMMIT_INTERVAL`], so viewing
-/// events reach the volume even when nothing else commits. Stops with the filesystem or
-/// when `stop` is set.
+/// events reach the volume even when nothing else commits, and runs the retention sweep
+/// when it is due, so versions past a keep-for are freed on a volume nobody writes to.
+/// Stops with the filesystem or when `stop` is set.
 pub fn spawn_audit_committer(fs: Weak<Filesystem>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("domfs-audit".into())
@@ -154,6 +155,7 @@ pub fn spawn_audit_committer(fs: Weak<Filesystem>, stop: Arc<AtomicBool>) {
                 if stop.load(Ordering::SeqCst) || fs.is_read_only() || fs.is_revoked() {
                     continue;
                 }
+                fs.maybe_sweep();
                 if fs
                     .audit_pending_age()
                     .is_none_or(|age| age < AUDIT_COMMIT_INTERVAL)

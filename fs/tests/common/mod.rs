@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use domfs::crypto::DomainKey;
 use domfs::device::{Access, Device, FileDevice};
+use domfs::format::header::Extension;
 use domfs::format::header::KeyMode;
 use domfs::store::{BlockStore, StoreOptions};
 use domfs::types::Block;
-use domfs::volume::{CreateOptions, create_volume};
+use domfs::volume::{CreateOptions, create_volume_with};
 
 pub struct TestVolume {
     pub dir: tempfile::TempDir,
@@ -23,18 +24,24 @@ pub struct TestVolume {
 
 impl TestVolume {
     pub fn new(size: u64) -> Self {
+        Self::with_extensions(size, Vec::new())
+    }
+
+    /// A volume whose header carries `extensions` (e.g. a retention policy).
+    pub fn with_extensions(size: u64, extensions: Vec<Extension>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("test.vol");
         let file = std::fs::File::create(&path).expect("create container");
         file.set_len(size).expect("size container");
         let key_bytes: [u8; 32] = rand::random();
         let dev = FileDevice::open(&path, Access::ReadWrite).expect("open container");
-        create_volume(
+        create_volume_with(
             &dev,
             CreateOptions {
                 meta: b"test".to_vec(),
                 key_mode: KeyMode::KeyFile,
             },
+            extensions,
             Some(&DomainKey::from_bytes(&key_bytes).expect("key")),
         )
         .expect("create volume");

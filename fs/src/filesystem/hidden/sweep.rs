@@ -1,5 +1,6 @@
 //! The retention sweep: versions older than the volume's keep-for are freed at every
-//! read-write open and, during operations, hourly.
+//! read-write open and hourly after that — checked after operations and, on a mount, by
+//! the daemon's audit committer, so an idle volume is swept too.
 
 use std::sync::atomic::Ordering;
 
@@ -17,7 +18,7 @@ const SWEEP_EVERY: i64 = 3600;
 
 impl Filesystem {
     /// Frees the versions older than the volume's keep-for (nothing under keep-all), and
-    /// returns them. Runs at every read-write open and, during operations, hourly.
+    /// returns them. Runs at every read-write open and then hourly (see the module doc).
     pub fn sweep_hidden(&self) -> Result<Vec<HiddenVersion>> {
         let Some(keep_for) = self.hidden_cfg.retention.keep_for else {
             return Ok(Vec::new());
