@@ -5,13 +5,14 @@
 //! The wire form of a version is the object `domfs hidden list --json` prints. A purge
 //! carries the domain manager's Ed25519 signature over
 //! [`purge_message`](crate::control::protocol::purge_message) (volume id, path, version,
-//! time); the daemon checks it against the manager key in the volume's header, refuses a
-//! signature older or newer than [`PURGE_WINDOW`] seconds, and a signature it has seen.
+//! the version's volume-wide id, time); the daemon checks it against the manager key in
+//! the volume's header, refuses a signature older or newer than [`PURGE_WINDOW`] seconds,
+//! and purges only the version with that id. Ids are never reused, so a signature, once
+//! used, names nothing (no replay, even across daemon restarts), and one that was signed
+//! before a newer version of the path was hidden does not purge that newer one.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -117,12 +118,20 @@ impl HiddenSource for Live {
     }
 
     fn purge(&self, path: &str, version: u32, manager: &SigningKey) -> Result<HiddenVersion> {
+        // The signature names the version's id: look it up first.
+        let wanted = crate::filesystem::hidden::normalize_path(path.as_bytes());
+        let target = self
+            .list(Some(path))?
+            .into_iter()
+            .find(|v| v.path == wanted && v.version == version)
+            .ok_or_else(|| anyhow!("{path} has no hidden version {version}"))?;
         let signed_at = crate::store::unix_now();
-        let message = purge_message(&self.volume_id()?, path, version, signed_at);
+        let message = purge_message(&self.volume_id()?, path, version, target.id, signed_at);
         let signature = manager.sign(&message);
         let (_, answer) = self.call(&Request::HiddenPurge {
             path: path.to_string(),
             version,
+            id: target.id,
             signature: hex::encode(signature.to_bytes()),
             signed_at,
         })?;
@@ -227,21 +236,16 @@ fn failure(e: &crate::Error, path: &str, version: u32) -> Answer {
     }
 }
 
-/// Signatures of purges already done (with their signing time), so none is replayed.
-fn seen_purges() -> &'static Mutex<HashMap<[u8; 64], u64>> {
-    static SEEN: OnceLock<Mutex<HashMap<[u8; 64], u64>>> = OnceLock::new();
-    SEEN.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
 /// Whether the manager of the volume `fs` serves signed this purge now; the refusal
 /// otherwise.
 fn check_purge(
     fs: &Filesystem,
     path: &str,
     version: u32,
+    id: u64,
     signature: &str,
     signed_at: u64,
-) -> std::result::Result<[u8; 64], Answer> {
+) -> std::result::Result<(), Answer> {
     let header = fs.store().header();
     if header.key_mode != KeyMode::Ttp {
         return Err(Answer::failed(
@@ -264,16 +268,21 @@ fn check_purge(
             "the purge was signed too long ago (or in the future): sign it again",
         ));
     }
-    let message = purge_message(&header.volume_id.0, path, version, signed_at);
+    let message = purge_message(&header.volume_id.0, path, version, id, signed_at);
     key.verify(&message, &Signature::from_bytes(&bytes))
         .map_err(|_| refused("the purge is not signed by this domain's manager"))?;
-    let mut seen = seen_purges().lock().unwrap_or_else(|p| p.into_inner());
-    seen.retain(|_, at| now.abs_diff(*at) <= PURGE_WINDOW);
-    if seen.contains_key(&bytes) {
-        return Err(refused("this signed purge was already used"));
+    match fs.hidden_get(path.as_bytes(), version) {
+        Ok(v) if v.id == id => Ok(()),
+        Ok(v) => Err(refused(&format!(
+            "version {version} of {path} is no longer the version signed (id {id}; now id \
+             {}): it was purged already or a newer version was hidden since; list and sign again",
+            v.id
+        ))),
+        Err(_) => Err(refused(&format!(
+            "{path} has no hidden version {version} (the signed version, id {id}, was purged \
+             already?)"
+        ))),
     }
-    seen.insert(bytes, signed_at);
-    Ok(bytes)
 }
 
 /// The audit detail of a restore.
@@ -394,9 +403,10 @@ fn serve_inner(
         Request::HiddenPurge {
             path,
             version,
+            id,
             signature,
             signed_at,
-        } => match check_purge(fs, path, *version, signature, *signed_at) {
+        } => match check_purge(fs, path, *version, *id, signature, *signed_at) {
             Err(refusal) => {
                 if let Ok(v) = fs.hidden_get(path.as_bytes(), *version) {
                     let why = refusal.error.clone().unwrap_or_default();
@@ -409,7 +419,7 @@ fn serve_inner(
                 }
                 refusal
             }
-            Ok(_) => match fs.hidden_purge(path.as_bytes(), *version) {
+            Ok(()) => match fs.hidden_purge_exact(path.as_bytes(), *version, *id) {
                 Ok(v) => {
                     let key = &fs.store().header().manager_key;
                     audit(AuditOp::Purge, &v, purge_detail(&v, key), 0);

@@ -203,14 +203,20 @@ fn purge_needs_a_fresh_signature_of_the_domains_manager() {
     hide(&fs, "chart", b"y");
     let id = fs.store().header().volume_id.0;
     let now = crate::store::unix_now();
-    let purge = |key: &SigningKey, version: u32, at: u64| Request::HiddenPurge {
+    let version_id =
+        |fs: &Filesystem, version: u32| fs.hidden_get(b"chart", version).expect("a version").id;
+    let signed = |key: &SigningKey, version: u32, vid: u64, at: u64| Request::HiddenPurge {
         path: "chart".into(),
         version,
+        id: vid,
         signature: hex::encode(
-            key.sign(&purge_message(&id, "chart", version, at))
+            key.sign(&purge_message(&id, "chart", version, vid, at))
                 .to_bytes(),
         ),
         signed_at: at,
+    };
+    let purge = |key: &SigningKey, version: u32, at: u64| {
+        signed(key, version, version_id(&fs, version), at)
     };
     for (request, why) in [
         (purge(&other, 1, now), "not signed by this domain's manager"),
@@ -219,14 +225,20 @@ fn purge_needs_a_fresh_signature_of_the_domains_manager() {
             Request::HiddenPurge {
                 path: "chart".into(),
                 version: 2,
+                id: version_id(&fs, 2),
                 signature: hex::encode(
                     manager
-                        .sign(&purge_message(&id, "chart", 1, now))
+                        .sign(&purge_message(&id, "chart", 1, version_id(&fs, 1), now))
                         .to_bytes(),
                 ),
                 signed_at: now,
             },
             "not signed",
+        ),
+        // Signed for version 1's id, sent for version 2 (whose id differs).
+        (
+            signed(&manager, 2, version_id(&fs, 1), now),
+            "no longer the version signed",
         ),
     ] {
         let (answer, _) = ask(&fs, request);
@@ -241,7 +253,27 @@ fn purge_needs_a_fresh_signature_of_the_domains_manager() {
         2,
         "nothing purged"
     );
+    // Signed when version 1 was "y"; then a newer version is hidden (now version 1 is
+    // the new one): the signature still names only "y".
     let good = purge(&manager, 1, now);
+    let y_id = version_id(&fs, 1);
+    hide(&fs, "chart", b"z");
+    let (answer, _) = ask(&fs, good.clone());
+    assert_eq!(answer.code, Some(3), "{answer:?}");
+    assert!(
+        answer
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no longer the version signed"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        fs.hidden_list(None).expect("list").len(),
+        3,
+        "nothing purged"
+    );
+    let good = signed(&manager, 2, y_id, now);
     let peer = Peer {
         uid: 0,
         gid: 0,
@@ -264,11 +296,18 @@ fn purge_needs_a_fresh_signature_of_the_domains_manager() {
         "{}",
         purge_entry.detail
     );
-    assert_eq!(fs.hidden_list(None).expect("list").len(), 1);
-    // The same signed request again would purge the next version 1: refused.
+    assert_eq!(fs.hidden_list(None).expect("list").len(), 2);
+    assert!(
+        fs.hidden_list(None)
+            .expect("list")
+            .iter()
+            .all(|v| v.id != y_id)
+    );
+    // The same signed request again would purge the next version 2: refused, also by
+    // a daemon that never saw it (nothing is remembered: the id is gone for good).
     let (answer, _) = ask(&fs, good);
     assert_eq!(answer.code, Some(3), "{answer:?}");
-    assert_eq!(fs.hidden_list(None).expect("list").len(), 1);
+    assert_eq!(fs.hidden_list(None).expect("list").len(), 2);
 
     // A key-file volume has no manager.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -23,6 +23,9 @@ pub enum Request {
     HiddenPurge {
         path: String,
         version: u32,
+        /// The version's volume-wide id, which the signature names: ids are never
+        /// reused, so a signature purges that one version once and no other.
+        id: u64,
         /// Hex Ed25519 signature by the domain's manager key.
         signature: String,
         /// Unix seconds the request was signed at (refused when far from now).
@@ -39,11 +42,19 @@ pub enum Request {
     AuditVerify {},
 }
 
-/// What a manager signs to purge a hidden version of a domain.
-pub fn purge_message(volume_id: &[u8; 16], path: &str, version: u32, signed_at: u64) -> Vec<u8> {
-    let mut m = b"domfs purge hidden version v1\0".to_vec();
+/// What a manager signs to purge hidden version `id` (version `version` of `path` when
+/// signed) of a domain.
+pub fn purge_message(
+    volume_id: &[u8; 16],
+    path: &str,
+    version: u32,
+    id: u64,
+    signed_at: u64,
+) -> Vec<u8> {
+    let mut m = b"domfs purge hidden version v2\0".to_vec();
     m.extend_from_slice(volume_id);
     m.extend_from_slice(&signed_at.to_le_bytes());
+    m.extend_from_slice(&id.to_le_bytes());
     m.extend_from_slice(&version.to_le_bytes());
     m.extend_from_slice(path.as_bytes());
     m

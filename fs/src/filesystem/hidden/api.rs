@@ -146,9 +146,28 @@ impl Filesystem {
     /// checked the domain manager's authority. A version still open is forgotten now and
     /// freed at its last close.
     pub fn hidden_purge(&self, path: &[u8], version: u32) -> Result<HiddenVersion> {
+        self.purge_version(path, version, None)
+    }
+
+    /// [`Filesystem::hidden_purge`] of version `version` of `path` only while it is the
+    /// version with volume-wide id `id` (what the manager signed); `NotFound` otherwise.
+    /// Ids are never reused, so the same request cannot purge a second version.
+    pub fn hidden_purge_exact(&self, path: &[u8], version: u32, id: u64) -> Result<HiddenVersion> {
+        self.purge_version(path, version, Some(id))
+    }
+
+    fn purge_version(
+        &self,
+        path: &[u8],
+        version: u32,
+        expected: Option<u64>,
+    ) -> Result<HiddenVersion> {
         let path = normalize_path(path);
         let purged = self.mutate(0, |st, io| {
             let id = st.hidden.find(&path, version).ok_or(Posix::NotFound)?;
+            if expected.is_some_and(|expected| expected != id) {
+                return Err(Posix::NotFound.into());
+            }
             let number = st
                 .hidden
                 .number_of(&st.hidden.records.get(&id).ok_or(Posix::NotFound)?.1);
