@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns, same rules as the tests
 //! Hidden versions and the audit trail on a live agent-mode mount: a deleted record is
 //! listed, shown and restored through the daemon; only the domain manager's key purges
-//! it, and the purge is in the audit trail.
+//! it, and the purge is in the audit trail. Read offline with the agent's key, a
+//! version's content is shown only once the read is recorded at the TTP.
 
 use domfs_e2e::*;
 
@@ -96,5 +97,36 @@ fn deleted_records_are_hidden_restorable_and_purged_only_by_the_manager() {
     }
     let out = domfs(&["audit", "--verify", s(&dir)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Offline, with the agent's key: reading a version is recorded at the TTP (the
+    // volume is opened read-only) before anything is shown.
+    std::fs::write(dir.join("note.txt"), b"seen offline\n").unwrap();
+    std::fs::remove_file(dir.join("note.txt")).unwrap();
     unmount(&dir);
+    let agent = ["--agent", s(&host.socket)];
+    let mut show = vec!["hidden", "show"];
+    show.extend(agent);
+    show.extend([s(&volume), "note.txt"]);
+    let out = domfs(&show);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"seen offline\n");
+    let mut audit = vec!["audit", "--json", "--path", "/note.txt"];
+    audit.extend(agent);
+    audit.push(s(&volume));
+    let out = domfs(&audit);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let offline_read = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["source"] == "ttp" && e["op"] == "open")
+        .unwrap_or_else(|| panic!("no offline read at the TTP:\n{}", text(&out.stdout)));
+    assert!(
+        offline_read["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("shown offline"),
+        "{offline_read}"
+    );
+    assert_eq!(offline_read["sender"], "ward-db");
+    assert_eq!(offline_read["process"], "domfs");
 }

@@ -409,6 +409,7 @@ impl HiddenSource for Offline {
             .fs
             .hidden_get(path.as_bytes(), version)
             .map_err(not_found(path, version))?;
+        self.record_show(&v)?;
         let mut offset = 0u64;
         while offset < v.size {
             let chunk = self
@@ -476,6 +477,28 @@ impl HiddenSource for Offline {
         ));
         self.fs.sync()?;
         Ok(v)
+    }
+}
+
+impl Offline {
+    /// An offline read of a version's content is a viewing event like the read of a live
+    /// mount. An agent-mode volume read offline is opened read-only, so the entry goes
+    /// through the agent to the TTP, and nothing is shown unless the TTP took it. (A
+    /// key-file volume read offline keeps no entry: whoever holds its key file can read
+    /// the container without domfs anyway.)
+    fn record_show(&self, v: &HiddenVersion) -> Result<()> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        self.fs.audit(self.fs.hidden_audit_record(
+            AuditOp::Open,
+            this_process(),
+            v,
+            format!("hidden version {} (id {}) shown offline", v.version, v.id),
+            0,
+        ))?;
+        super::mount_anchor::ship_now(lease, &self.fs)
+            .context("the read could not be recorded at the TTP, so nothing is shown")
     }
 }
 

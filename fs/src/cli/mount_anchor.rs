@@ -157,6 +157,13 @@ pub async fn keep_anchored(lease: Lease, fs: Arc<Filesystem>) {
     }
 }
 
+/// Ships a read-only volume's queued audit entries now, waiting for the TTP to take
+/// them (an offline read of an agent-mode volume: its entries must be kept before
+/// anything is shown).
+pub fn ship_now(lease: &Lease, fs: &Filesystem) -> Result<()> {
+    super::ttp::runtime()?.block_on(ship_audit(lease, fs, &mut Vec::new()))
+}
+
 /// At unmount, after the final commit: the last anchor (read-write) or the last entries
 /// (read-only).
 pub fn finish(lease: &Lease, fs: &Filesystem) {
