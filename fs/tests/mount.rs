@@ -449,3 +449,26 @@ fn a_full_volume_fails_the_write_not_the_fsync() {
     m.unmount();
     assert_nothing_mounted_under(vol.dir.path());
 }
+
+/// A name the kernel has seen missing is remembered as missing for the entry timeout; a
+/// restore through the daemon makes the kernel forget that at once.
+#[test]
+fn a_restored_file_is_there_at_once_though_the_kernel_saw_it_missing() {
+    fuse_available();
+    let vol = Volume::new();
+    let mp = vol.mountpoint("m");
+    let m = vol.mount(&mp, &[]);
+    fs::create_dir(m.path("ward")).unwrap();
+    fs::write(m.path("ward/chart.txt"), b"allergy: none\n").unwrap();
+    fs::remove_file(m.path("ward/chart.txt")).unwrap();
+    // The kernel now holds a negative entry for ward/chart.txt.
+    assert!(fs::metadata(m.path("ward/chart.txt")).is_err());
+    let out = domfs(&["hidden", "restore", path_str(&mp), "ward/chart.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Well within the entry timeout (1 s): the restore invalidated the entry.
+    assert_eq!(
+        fs::read(m.path("ward/chart.txt")).expect("restored file visible at once"),
+        b"allergy: none\n"
+    );
+    m.unmount();
+}

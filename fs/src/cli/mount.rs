@@ -393,18 +393,21 @@ fn open_and_mount(
         read_only,
         allow_other: p.allow_other,
     };
+    let kernel = Arc::new(std::sync::OnceLock::new());
     let control = crate::control::server::spawn(
         &crate::control::socket_path(&p.mountpoint),
         p.operator_group,
         Arc::new(super::mount_control::MountControl {
             fs: fs.clone(),
             agent: lease.as_ref().map(|l| l.socket().to_path_buf()),
+            kernel: kernel.clone(),
         }),
     )
     .context("cannot open the mount's control socket")?;
     let adapter = DomFuse::new(fs.clone()).with_writeback_cache(p.writeback_cache);
     let session = crate::fuse::mount(adapter, &p.mountpoint, &settings)
         .with_context(|| format!("cannot mount on {}", p.mountpoint.display()))?;
+    let _ = kernel.set(session.notifier());
     let threads = spawn_signal_thread(signals, p.mountpoint.clone()).and_then(|()| match &lease {
         Some(lease) => spawn_watch(lease.clone(), fs.clone(), p.mountpoint.clone()),
         None => Ok(()),
