@@ -123,6 +123,18 @@ fn read_only_mounts_ship_their_audit_entries_to_the_ttp() {
     let ro = scratch.path().join("ro");
     assert!(reader.mount(&volume, &ro, &[]).status.success());
     assert_eq!(std::fs::read(ro.join("chart.txt")).unwrap(), b"x");
+    // The read-only mount's own view: its daemon ships what it queued before the TTP is
+    // asked, so the open just made is there at once (not only after the 15 s round).
+    let own = domfs(&["audit", "--json", "--path", "/chart.txt", s(&ro)]);
+    assert!(own.status.success(), "{}", text(&own.stderr));
+    assert!(
+        text(&own.stdout).lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["source"] == "ttp" && e["op"] == "open" && e["sender"] == "db-replica"
+        }),
+        "the ro mount's open is not shown at once:\n{}",
+        text(&own.stdout)
+    );
     unmount(&ro);
 
     let header = {

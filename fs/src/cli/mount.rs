@@ -401,6 +401,7 @@ fn open_and_mount(
             fs: fs.clone(),
             agent: lease.as_ref().map(|l| l.socket().to_path_buf()),
             kernel: kernel.clone(),
+            lease: lease.clone(),
         }),
     )
     .context("cannot open the mount's control socket")?;

@@ -21,6 +21,9 @@ pub struct MountControl {
     /// The agent that released the key (agent mode): `domfs audit` asks it for the
     /// entries the TTP keeps.
     pub agent: Option<PathBuf>,
+    /// The mount's lease (agent mode): a read-only mount ships its queued entries to the
+    /// TTP before `domfs audit` reads them there.
+    pub lease: Option<super::mount_agent::Lease>,
     /// The FUSE session's notifier, set once mounted: a restore tells the kernel to drop
     /// what it remembers of the name (a cached "no such file" would hide the restored
     /// file for up to the entry timeout).
@@ -43,6 +46,15 @@ impl Handler for MountControl {
         }
         if super::hidden::live::serve_as(&self.fs, &request, peer, out)? {
             return Ok(());
+        }
+        if matches!(
+            request,
+            Request::AuditVerify {} | Request::AuditQuery { .. }
+        ) && self.fs.is_read_only()
+            && let Some(lease) = &self.lease
+            && let Err(e) = super::mount_anchor::ship_now(lease, &self.fs)
+        {
+            tracing::warn!("shipping the audit entries before `domfs audit`: {e:#}");
         }
         if super::audit::live::serve(&self.fs, self.agent.as_deref(), &request, out)? {
             return Ok(());
