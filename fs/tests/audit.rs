@@ -120,7 +120,45 @@ fn the_viewing_history_names_who_opened_what_newest_first() {
         .expect("setpriv cat");
     assert!(out.status.success(), "cat: {}", text(&out.stderr));
     assert_eq!(out.stdout, b"allergies: penicillin\n");
-    fs::remove_file(&notes).expect("root deletes");
+    let rm = Command::new("rm").arg(&notes).status().expect("rm");
+    assert!(rm.success(), "root deletes");
+    // Deleted, not destroyed: one hidden version, deleted by root's rm.
+    let hidden = |mp: &std::path::Path| {
+        let out = domfs(&["hidden", "list", "--json", path_str(mp)]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json_lines(&out)
+    };
+    let versions = hidden(&mp);
+    assert_eq!(versions.len(), 1, "{versions:#?}");
+    let v = &versions[0];
+    assert_eq!(
+        (
+            &v["path"],
+            &v["version"],
+            &v["event"],
+            &v["uid"],
+            &v["process"]
+        ),
+        (
+            &Value::from("notes.txt"),
+            &Value::from(1),
+            &Value::from("unlink"),
+            &Value::from(0),
+            &Value::from("rm")
+        ),
+        "{v}"
+    );
+    assert_eq!(v["size"], 22);
+    let out = domfs(&["hidden", "restore", path_str(&mp), "notes.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        fs::read(&notes).expect("restored"),
+        b"allergies: penicillin\n"
+    );
+    assert!(
+        hidden(&mp).is_empty(),
+        "the restored version is still listed"
+    );
     m.unmount();
 
     let all = entries(&vol, &[]);
@@ -132,6 +170,8 @@ fn the_viewing_history_names_who_opened_what_newest_first() {
     assert_eq!(
         summary(&of_notes),
         [
+            ("open".into(), 0, "r".into()),
+            ("restore".into(), 0, "".into()),
             ("hide".into(), 0, "".into()),
             ("open".into(), 65534, "r".into()),
             ("setattr".into(), 0, "".into()),
@@ -139,7 +179,9 @@ fn the_viewing_history_names_who_opened_what_newest_first() {
         ],
         "{all:#?}"
     );
-    let open = &of_notes[1];
+    assert_eq!(of_notes[1]["process"], "domfs", "the restore is the CLI's");
+    assert_eq!(of_notes[2]["process"], "rm", "the delete is rm's");
+    let open = &of_notes[3];
     assert_eq!(open["process"], "cat");
     assert_eq!(open["user"], "nobody");
     assert_eq!(open["gid"], 65534);
@@ -149,7 +191,7 @@ fn the_viewing_history_names_who_opened_what_newest_first() {
     let host = fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     assert_eq!(open["host"], host.trim());
     assert!(
-        of_notes[2]["detail"]
+        of_notes[4]["detail"]
             .as_str()
             .expect("detail")
             .contains("mode=0644")
