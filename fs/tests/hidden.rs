@@ -191,6 +191,15 @@ fn truncate(fs: &Filesystem, ino: u64, size: u64) {
     .expect("truncate");
 }
 
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
+const PUNCH: i32 = 0x02 | 0x01;
+
+/// Punches `[offset, offset + length)` out of `ino` as the test process; the version kept.
+fn punch(fs: &Filesystem, ino: u64, offset: u64, length: u64) -> Option<HiddenVersion> {
+    fs.fallocate_by(ino, offset, length, PUNCH, me())
+        .expect("punch")
+}
+
 /// Collects what a sink is told.
 #[derive(Default)]
 struct Events(Mutex<Vec<String>>);
@@ -418,6 +427,213 @@ fn truncation_keeps_the_cut_blocks_without_copying_them() {
     truncate(&fs, sparse.ino, 1 << 20);
     truncate(&fs, sparse.ino, 8192);
     assert!(fs.hidden_list(Some(b"sparse")).expect("list").is_empty());
+    fs.sync().expect("sync");
+    drop(fs);
+    vol.fsck();
+}
+
+#[test]
+fn a_punched_hole_keeps_what_it_discards_without_copying_whole_blocks() {
+    let vol = Vol::new(128 << 20, &keep_all());
+    let events = Arc::new(Events::default());
+    let fs = vol.fs_with(FsOptions {
+        hidden_sink: Some(events.clone()),
+        ..options()
+    });
+    const BS: u64 = 4096;
+    let size = 300 * BS + 17;
+    // (offset, length): inside one block, across a block edge, whole blocks, whole blocks
+    // with partial edges, past the end, most of the file (what lies outside the range
+    // moves), all of it.
+    let cases: [(u64, u64); 7] = [
+        (100, 200),
+        (5 * BS - 10, 30),
+        (8 * BS, 20 * BS),
+        (3 * BS + 1, 50 * BS),
+        (size - 5000, 1 << 20),
+        (BS + 7, size - 3 * BS),
+        (0, size),
+    ];
+    let mut wanted = Vec::new();
+    for (i, &(offset, length)) in cases.iter().enumerate() {
+        let name = format!("p{i}");
+        let data = prng_bytes(size as usize, i as u64 + 30);
+        let ino = file(&fs, ROOT_INO, &name, &data);
+        // An xattr block: the file's own, it stays with the file.
+        fs.setxattr(ino, b"user.note", b"chart", 0).expect("xattr");
+        fs.sync().expect("sync");
+        let before = fs.statfs();
+        let blocks_before = fs.getattr(ino).expect("attr").inode.blocks;
+        let v = punch(&fs, ino, offset, length).expect("a version");
+        fs.sync().expect("sync");
+        let after = fs.statfs();
+        let stop = (offset + length).min(size);
+        let range = offset as usize..stop as usize;
+        // The file: its size, the range reads as zeros, the rest as before.
+        let mut expected = data.clone();
+        expected[range.clone()].fill(0);
+        let attr = fs.getattr(ino).expect("attr").inode;
+        assert_eq!(attr.size, size, "case {i}");
+        assert_eq!(fs.read(ino, 0, size as u32 + 1).expect("read"), expected);
+        // The version: the file's size, the punched bytes at their offsets, zeros around.
+        assert_eq!(v.event, HiddenEvent::Punch { end: stop }, "case {i}");
+        assert_eq!(v.punched(), Some((offset, stop - offset)));
+        assert_eq!(
+            (v.size, v.cut_at, v.path_text()),
+            (size, offset, name.clone())
+        );
+        assert_eq!(
+            (v.uid, v.gid, v.process.clone()),
+            (WHO.uid, WHO.gid, my_name())
+        );
+        let mut want = vec![0u8; size as usize];
+        want[range.clone()].copy_from_slice(&data[range]);
+        assert_eq!(content(&fs, &name, 1), want, "case {i}");
+        // No whole block copied: at most the two edges, block-map blocks, the inode's and
+        // the table's blocks, and the tree above them.
+        let taken = before.free.saturating_sub(after.free);
+        assert!(taken <= 16, "case {i}: {taken} blocks taken");
+        // The version's blocks moved out of the file's; statfs leaves them out.
+        assert_eq!(before.blocks - after.blocks, v.blocks, "case {i}");
+        assert!(
+            attr.blocks + v.blocks <= blocks_before + 4,
+            "case {i}: {} + {} blocks, {blocks_before} before",
+            attr.blocks,
+            v.blocks
+        );
+        assert_eq!(fs.hidden_usage().1, before_hidden(&fs, &wanted) + v.blocks);
+        assert_eq!(events.take(), [format!("hidden {name} punch")]);
+        // The range is zeros now: punching it again keeps nothing more.
+        assert!(punch(&fs, ino, offset, length).is_none(), "case {i}");
+        wanted.push((name, v, want));
+    }
+    fs.sync().expect("sync");
+    drop(fs);
+    vol.fsck();
+
+    // The records read back (with their ranges); a version restores byte for byte.
+    let fs = vol.fs();
+    for (name, v, want) in &wanted {
+        let got = fs.hidden_get(name.as_bytes(), 1).expect("version");
+        assert_eq!(
+            (got.event, got.cut_at, got.blocks),
+            (v.event, v.cut_at, v.blocks)
+        );
+        assert_eq!(content(&fs, name, 1), *want);
+    }
+    let (name, v, want) = &wanted[3];
+    let restored = fs
+        .hidden_restore(name.as_bytes(), 1, Some(b"p3.restored"))
+        .expect("restore");
+    assert_eq!(restored.id, v.id);
+    let e = fs.lookup(ROOT_INO, b"p3.restored").expect("restored");
+    assert_eq!(e.inode.size, size);
+    assert_eq!(fs.read(e.ino, 0, size as u32 + 1).expect("read"), *want);
+    assert!(fs.hidden_get(name.as_bytes(), 1).is_err());
+    // Hidden in turn, the files' inodes go through fsck's count of the blocks a version
+    // holds: their counts after the punch were right too.
+    for (name, _, _) in &wanted {
+        fs.unlink(ROOT_INO, name.as_bytes(), me()).expect("unlink");
+    }
+    fs.sync().expect("sync");
+    drop(fs);
+    vol.fsck();
+}
+
+/// The blocks the versions listed before hold.
+fn before_hidden(fs: &Filesystem, listed: &[(String, HiddenVersion, Vec<u8>)]) -> u64 {
+    listed
+        .iter()
+        .map(|(name, _, _)| fs.hidden_get(name.as_bytes(), 1).expect("version").blocks)
+        .sum()
+}
+
+#[test]
+fn a_punch_that_discards_nothing_or_is_not_kept_keeps_nothing() {
+    const BS: u64 = 4096;
+    let policy = Retention {
+        keep_for: None,
+        no_keep: vec!["*.tmp".into()],
+    };
+    let vol = Vol::new(64 << 20, &policy);
+    let fs = vol.fs();
+    // Data, a hole, written zeros, data.
+    let head = prng_bytes(BS as usize, 1);
+    let ino = file(&fs, ROOT_INO, "sparse", &head);
+    fs.write(ino, 10 * BS, &vec![0u8; 10 * BS as usize])
+        .expect("zeros");
+    fs.write(ino, 20 * BS, &head).expect("tail");
+    let blocks = fs.getattr(ino).expect("attr").inode.blocks;
+    assert!(punch(&fs, ino, BS, 19 * BS).is_none(), "holes and zeros");
+    assert!(
+        fs.getattr(ino).expect("attr").inode.blocks <= blocks - 10,
+        "the zero blocks are freed"
+    );
+    // Wholly past the end of the file.
+    assert!(punch(&fs, ino, 21 * BS, BS).is_none());
+    assert!(punch(&fs, ino, 100 * BS, 1 << 30).is_none());
+    assert_eq!(fs.read(ino, 0, BS as u32).expect("read"), head);
+    assert_eq!(fs.read(ino, 20 * BS, BS as u32).expect("read"), head);
+    // A path that is not kept: the punch frees the data as before.
+    let data = prng_bytes(1 << 20, 2);
+    let tmp = file(&fs, ROOT_INO, "work.tmp", &data);
+    fs.sync().expect("sync");
+    let free = fs.statfs().free;
+    assert!(punch(&fs, tmp, 1000, (1 << 20) - 2000).is_none());
+    fs.sync().expect("sync");
+    assert!(fs.statfs().free >= free + 250, "its blocks are free again");
+    let mut expected = data.clone();
+    expected[1000..(1 << 20) - 1000].fill(0);
+    assert_eq!(fs.read(tmp, 0, 1 << 20).expect("read"), expected);
+    // The same punch of a kept path keeps it.
+    let kept = file(&fs, ROOT_INO, "work.dat", &data);
+    assert!(punch(&fs, kept, 1000, (1 << 20) - 2000).is_some());
+    // fallocate without a caller punches too (who is unknown).
+    let other = file(&fs, ROOT_INO, "other.dat", &data);
+    fs.fallocate(other, 0, BS, PUNCH).expect("punch");
+    let v = fs.hidden_get(b"other.dat", 1).expect("kept");
+    assert_eq!((v.uid, v.pid, v.punched()), (0, 0, Some((0, BS))));
+    let list = fs.hidden_list(None).expect("list");
+    assert_eq!(list.len(), 2, "{list:?}");
+    fs.sync().expect("sync");
+    drop(fs);
+    vol.fsck();
+}
+
+#[test]
+fn a_full_volume_refuses_a_punch_it_cannot_keep() {
+    const BS: u64 = 4096;
+    let policy = Retention {
+        keep_for: None,
+        no_keep: vec!["*.tmp".into()],
+    };
+    let vol = Vol::new(8 << 20, &policy);
+    let fs = vol.fs();
+    let data = prng_bytes(1 << 20, 4);
+    let chart = file(&fs, ROOT_INO, "chart", &data);
+    // Fill the volume a block at a time.
+    let filler = file(&fs, ROOT_INO, "filler.tmp", b"");
+    let block = prng_bytes(BS as usize, 5);
+    let mut filled = 0u64;
+    loop {
+        match fs.write(filler, filled, &block) {
+            Ok(_) => filled += BS,
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(filled < 8 << 20, "never ran out of space");
+    }
+    // Keeping the punch needs room the volume does not have: refused, nothing changed.
+    match fs.fallocate_by(chart, BS + 1, 100 * BS, PUNCH, me()) {
+        Err(Error::NoSpace) => {}
+        other => panic!("expected ENOSPC, got {other:?}"),
+    }
+    assert_eq!(fs.read(chart, 0, 1 << 20).expect("read"), data);
+    assert!(fs.hidden_list(None).expect("list").is_empty());
+    // A punch that keeps nothing needs no room: it makes some.
+    assert!(punch(&fs, filler, 0, filled).is_none());
+    let v = punch(&fs, chart, BS + 1, 100 * BS).expect("kept now");
+    assert_eq!(v.punched(), Some((BS + 1, 100 * BS)));
     fs.sync().expect("sync");
     drop(fs);
     vol.fsck();
@@ -694,7 +910,8 @@ fn keep_for_frees_old_versions_at_open_and_purge_frees_on_demand() {
 }
 
 /// Hiding is one operation like any other: a power cut at any write or sync leaves the
-/// file either intact or hidden with all its bytes, and a clean filesystem.
+/// file either intact or hidden with all its bytes (unlink, truncation, a punched hole),
+/// and a clean filesystem.
 #[test]
 fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
     let size = 16 << 20;
@@ -712,6 +929,13 @@ fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
     .expect("create");
     let old = prng_bytes(40_000, 5);
     let cut = prng_bytes(30_000, 6);
+    let punched = prng_bytes(50_000, 7);
+    // What the punch of `PUNCHED` discards, and what the file keeps.
+    const PUNCHED: std::ops::Range<usize> = 3000..41_000;
+    let mut discarded = vec![0u8; punched.len()];
+    discarded[PUNCHED].copy_from_slice(&punched[PUNCHED]);
+    let mut holed = punched.clone();
+    holed[PUNCHED].fill(0);
     let open_fs = |dev: Arc<dyn Device>| {
         let store = BlockStore::open(
             dev,
@@ -729,6 +953,7 @@ fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
         let fs = open_fs(dev.clone() as Arc<dyn Device>).expect("fs");
         file(&fs, ROOT_INO, "a", &old);
         file(&fs, ROOT_INO, "b", &cut);
+        file(&fs, ROOT_INO, "c", &punched);
         fs.sync().expect("sync");
         drop(fs);
         dev.snapshot()
@@ -744,9 +969,18 @@ fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
             },
             me(),
         )?;
+        // The punch in a commit of its own, and one after it (so that a crash can come
+        // after it too).
+        fs.sync()?;
+        let c = fs.lookup(ROOT_INO, b"c")?;
+        let len = (PUNCHED.end - PUNCHED.start) as u64;
+        fs.fallocate_by(c.ino, PUNCHED.start as u64, len, PUNCH, me())?;
+        fs.sync()?;
+        fs.write(c.ino, 0, b"after")?;
         fs.sync()
     };
     let mut points = 0;
+    let mut seen_punched = false;
     for at in 0.. {
         let dev = Arc::new(CrashDevice::new(image.clone(), at));
         dev.arm(at);
@@ -775,6 +1009,24 @@ fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
             }
             Err(_) => assert_eq!(fs.read(b.ino, 0, 1 << 20).expect("read"), cut, "at {at}"),
         }
+        let c = fs.lookup(ROOT_INO, b"c").expect("c");
+        assert_eq!(c.inode.size, punched.len() as u64);
+        // The write after the punch may be there too.
+        let head = fs.read(c.ino, 0, 5).expect("read");
+        assert!(head == punched[..5] || head == b"after", "at {at}");
+        let holed = [&head[..], &holed[5..]].concat();
+        match fs.hidden_get(b"c", 1) {
+            Ok(_) => {
+                seen_punched = true;
+                assert_eq!(content(&fs, "c", 1), discarded, "at {at}");
+                assert_eq!(fs.read(c.ino, 0, 1 << 20).expect("read"), holed, "at {at}");
+            }
+            Err(_) => assert_eq!(
+                fs.read(c.ino, 0, 1 << 20).expect("read"),
+                punched,
+                "at {at}"
+            ),
+        }
         drop(fs);
         let report = domfs::filesystem::fsck::check(
             &BlockStore::open(after, &key, StoreOptions::read_only()).expect("store"),
@@ -785,6 +1037,7 @@ fn a_crash_while_hiding_leaves_the_file_whole_or_hidden_whole() {
         assert!(report.is_clean(), "at {at}: {report:?}");
     }
     assert!(points > 5, "only {points} crash points");
+    assert!(seen_punched, "no crash came after the punch");
 }
 
 /// The cost of keeping against freeing (run by hand: `-- --ignored --nocapture`).
@@ -853,6 +1106,29 @@ fn cost_of_hiding_against_freeing() {
                 start.elapsed(),
                 free,
                 fs.statfs().free
+            );
+        }
+        // A 64 MiB hole punched (not block-aligned: two edges copied) in the middle of a
+        // 128 MiB file (its blocks move), and in a 66 MiB file (what lies outside moves).
+        for (what, size) in [("of 128 MiB", 128u64 << 20), ("of 66 MiB", 66 << 20)] {
+            let name = format!("punched {what}");
+            let f = fs
+                .mknod(ROOT_INO, name.as_bytes(), S_IFREG | 0o600, 0, WHO)
+                .expect("create");
+            for i in 0..size >> 20 {
+                fs.write(f.ino, i << 20, &chunk).expect("write");
+            }
+            fs.sync().expect("sync");
+            let free = fs.statfs().free;
+            let start = std::time::Instant::now();
+            let kept = punch(&fs, f.ino, (1 << 20) + 100, 64 << 20);
+            fs.sync().expect("sync");
+            println!(
+                "  punch 64 MiB {what}: {:?}, free blocks {} → {}, version of {} blocks",
+                start.elapsed(),
+                free,
+                fs.statfs().free,
+                kept.map_or(0, |v| v.blocks)
             );
         }
     }
@@ -1433,6 +1709,82 @@ fn fuse_removals_and_truncations_leave_hidden_versions() {
         std::fs::read(mount.path("ward/a.before")).expect("restored live"),
         small
     );
+    mount.unmount();
+    vol.fsck();
+}
+
+#[test]
+fn fuse_a_punched_hole_leaves_a_hidden_version() {
+    assert!(fuse_available());
+    let vol = Volume::new();
+    let mp = vol.mountpoint("mnt");
+    let mount = vol.mount(&mp, &[]);
+    let data = prng_bytes(1 << 20, 23);
+    std::fs::create_dir(mount.path("ward")).expect("mkdir");
+    std::fs::write(mount.path("ward/db"), &data).expect("write");
+    std::fs::write(mount.path("ward/zeros"), vec![0u8; 1 << 20]).expect("write");
+    sh(&mp, "sync");
+    let before = nix::sys::statvfs::statvfs(&mp).expect("statvfs");
+    // Two partial blocks at the edges (5000..8192 and 303104..305000), 72 whole blocks.
+    sh(&mp, "fallocate -p -o 5000 -l 300000 ward/db");
+    sh(&mp, "fallocate -p -o 0 -l 65536 ward/zeros");
+    let range = 5000..305_000;
+    let mut holed = data.clone();
+    holed[range.clone()].fill(0);
+    let mut kept = vec![0u8; data.len()];
+    kept[range.clone()].copy_from_slice(&data[range.clone()]);
+    assert_eq!(std::fs::read(mount.path("ward/db")).expect("read"), holed);
+    // Punching it again discards nothing more.
+    sh(&mp, "fallocate -p -o 5000 -l 300000 ward/db && sync");
+    let after = nix::sys::statvfs::statvfs(&mp).expect("statvfs");
+    // The version holds the 72 blocks, the two edges and a block-map block: statfs
+    // leaves them out of the total.
+    assert_eq!(before.blocks() - after.blocks(), 75);
+    mount.unmount();
+    vol.fsck();
+
+    let key = ["--key-file", path_str(&vol.key)];
+    let list = run_ok(&[&["hidden", "list", path_str(&vol.path)][..], &key].concat());
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "only the punch that discarded data:\n{list}");
+    assert!(rows[0].starts_with("ward/db "), "{list}");
+    assert!(rows[0].ends_with("punch (300000 bytes at 5000)"), "{list}");
+    let json = run_ok(&[&["hidden", "list", path_str(&vol.path), "--json"][..], &key].concat());
+    let row: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(row["event"], "punch");
+    assert_eq!(
+        (row["size"].as_u64(), row["blocks"].as_u64()),
+        (Some(1 << 20), Some(75))
+    );
+    let out = domfs(
+        &[
+            &["hidden", "show", path_str(&vol.path), "ward/db"][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, kept);
+    run_ok(
+        &[
+            &[
+                "hidden",
+                "restore",
+                path_str(&vol.path),
+                "ward/db",
+                "--to",
+                "ward/db.punched",
+            ][..],
+            &key,
+        ]
+        .concat(),
+    );
+    let mount = vol.mount(&mp, &[]);
+    assert_eq!(
+        std::fs::read(mount.path("ward/db.punched")).expect("restored"),
+        kept
+    );
+    assert_eq!(std::fs::read(mount.path("ward/db")).expect("read"), holed);
     mount.unmount();
     vol.fsck();
 }

@@ -1,5 +1,6 @@
 //! `domfs hidden list|show|restore|purge`: the hidden versions of a volume (content that
-//! unlink, rmdir, rename-over or truncation removed from view, kept with who and when).
+//! unlink, rmdir, rename-over, truncation or a punched hole removed from view, kept with
+//! who and when).
 //!
 //! The first argument is a mount point or a volume. Each backend is a [`HiddenSource`]:
 //!
@@ -543,6 +544,9 @@ fn event_text(v: &HiddenVersion) -> String {
     let mut text = v.event.name().to_string();
     if v.event == crate::filesystem::HiddenEvent::Truncate {
         text.push_str(&format!(" (cut at {})", v.cut_at));
+    }
+    if let Some((offset, length)) = v.punched() {
+        text.push_str(&format!(" ({length} bytes at {offset})"));
     }
     if v.open {
         text.push_str(" (still open)");

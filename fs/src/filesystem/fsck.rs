@@ -59,8 +59,9 @@ impl Checker<'_> {
         self.owned[word] |= 1 << bit;
     }
 
-    /// Claims every block of an inode; names damaged data blocks.
-    fn own_file(&mut self, inode: &Inode, owner: &str) {
+    /// Claims every block of an inode; names damaged data blocks. Returns the blocks it
+    /// holds (block map, data and xattr blocks), `None` when its map cannot be read.
+    fn own_file(&mut self, inode: &Inode, owner: &str) -> Option<u64> {
         let mut owned = Vec::new();
         let mut damaged = Vec::new();
         let walk = inode.map.for_each_block(self.io, &mut |block, _| {
@@ -73,6 +74,8 @@ impl Checker<'_> {
             }
             Ok(())
         });
+        let held = owned.len() as u64 + u64::from(inode.xattr_block != 0);
+        let readable = walk.is_ok() && data.is_ok();
         for block in owned {
             self.own(block, owner);
         }
@@ -104,6 +107,7 @@ impl Checker<'_> {
                 if damaged.len() > 8 { ", …" } else { "" }
             ));
         }
+        readable.then_some(held)
     }
 }
 
@@ -267,9 +271,19 @@ pub fn check(io: &dyn BlockIo, bad: &[Range<u64>]) -> Result<Option<FsReport>> {
             None if inode.is_hidden() => format!("hidden version (inode {ino})"),
             None => format!("inode {ino}"),
         };
-        c.own_file(inode, &owner);
+        let held = c.own_file(inode, &owner);
         if inode.is_hidden() {
             hidden_blocks += inode.blocks;
+            // The superblock's count of hidden blocks (what statfs leaves out) is the sum
+            // of these counts, so each must be what the version holds.
+            if let Some(held) = held
+                && held != inode.blocks
+            {
+                c.report.problems.push(format!(
+                    "{owner}: holds {held} blocks, its inode counts {}",
+                    inode.blocks
+                ));
+            }
             if paths.contains_key(&ino) {
                 c.report
                     .problems

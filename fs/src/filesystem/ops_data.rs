@@ -136,7 +136,25 @@ impl Filesystem {
         result
     }
 
+    /// [`Filesystem::fallocate_by`] by an unknown caller (uid, gid and pid 0 in a version
+    /// it keeps).
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        self.fallocate_by(ino, offset, length, mode, Caller::default())
+            .map(|_| ())
+    }
+
+    /// Allocates `[offset, offset + length)` (mode 0, or `KEEP_SIZE`), or punches a hole
+    /// there (`PUNCH_HOLE | KEEP_SIZE`). A punch that discards data (a byte that is not
+    /// zero) keeps it as a hidden version by `caller`, unless the file's path is not kept;
+    /// that version is returned.
+    pub fn fallocate_by(
+        &self,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> Result<Option<hidden::HiddenVersion>> {
         let end = offset
             .checked_add(length)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -149,39 +167,48 @@ impl Filesystem {
         if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 || (punch && !keep_size) {
             return Err(Posix::NotSupported.into());
         }
-        let blocks = if punch { 0 } else { length.div_ceil(BS) + 1 };
-        self.mutate(blocks, |st, io| {
-            let mut inode = st.inode(io, ino)?;
-            if inode.is_dir() {
-                return Err(Posix::IsDirectory.into());
-            }
-            if punch {
-                let stop = end.min(inode.size);
-                zero_range(st, io, &mut inode, offset, stop, false)?;
-            } else {
-                let mut hint = inode.map.root;
-                let zeros = Box::new([0u8; BLOCK_SIZE]);
-                for index in offset / BS..end.div_ceil(BS) {
-                    let mut alloc = AllocIo {
-                        alloc: &mut st.alloc,
-                        io,
-                    };
-                    let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
-                    inode.blocks += mapped.allocated;
-                    if mapped.fresh {
-                        io.write_block(mapped.block, &zeros)?;
+        // A punch that keeps what it discards needs room for the version's block map, its
+        // edges and its record: known once the file is looked at, so such a punch runs
+        // again with that room (a punch that keeps nothing needs none, as before).
+        let mut blocks = if punch { 0 } else { length.div_ceil(BS) + 1 };
+        loop {
+            let mut kept = None;
+            let room = blocks;
+            let more = self.mutate(room, |st, io| {
+                let mut inode = st.inode(io, ino)?;
+                if inode.is_dir() {
+                    return Err(Posix::IsDirectory.into());
+                }
+                if punch {
+                    let stop = end.min(inode.size);
+                    match self.punch_plan(st, io, ino, &inode, offset..stop)? {
+                        Some(plan) if plan.room > room => return Ok(Some(plan.room)),
+                        Some(plan) => {
+                            kept = Some(self.keep_punch(st, io, &mut inode, plan, caller)?);
+                        }
+                        None => zero_range(st, io, &mut inode, offset, stop, false)?,
                     }
-                    hint = mapped.block + 1;
+                } else {
+                    allocate(st, io, &mut inode, offset, end)?;
+                    if !keep_size {
+                        inode.size = inode.size.max(end);
+                    }
                 }
-                if !keep_size {
-                    inode.size = inode.size.max(end);
+                let now = Timestamp::now();
+                inode.mtime = now;
+                inode.ctime = now;
+                st.put_inode(io, ino, &inode)?;
+                Ok(None)
+            })?;
+            match more {
+                // Nothing was changed: again, with the room it needs.
+                Some(needed) => blocks = needed,
+                None => {
+                    self.report_hidden(kept.clone());
+                    return Ok(kept);
                 }
             }
-            let now = Timestamp::now();
-            inode.mtime = now;
-            inode.ctime = now;
-            st.put_inode(io, ino, &inode)
-        })
+        }
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -262,6 +289,31 @@ pub(crate) fn write_blocks(
         io.write_block(mapped.block, &block)?;
         hint = mapped.block + 1;
         pos += take as u64;
+    }
+    Ok(())
+}
+
+/// Maps every block of `[start, end)` that is a hole to a new block of zeros.
+fn allocate(
+    st: &mut State,
+    io: &dyn BlockIo,
+    inode: &mut Inode,
+    start: u64,
+    end: u64,
+) -> Result<()> {
+    let mut hint = inode.map.root;
+    let zeros = Box::new([0u8; BLOCK_SIZE]);
+    for index in start / BS..end.div_ceil(BS) {
+        let mut alloc = AllocIo {
+            alloc: &mut st.alloc,
+            io,
+        };
+        let mapped = inode.map.get_or_alloc(io, &mut alloc, index, hint)?;
+        inode.blocks += mapped.allocated;
+        if mapped.fresh {
+            io.write_block(mapped.block, &zeros)?;
+        }
+        hint = mapped.block + 1;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::types::BLOCK_SIZE;
 use crate::{Error, Result};
 
 /// Whether any data lies at or past file block `start`.
-fn has_blocks_from(io: &dyn BlockIo, map: &BlockMap, start: u64) -> Result<bool> {
+pub(super) fn has_blocks_from(io: &dyn BlockIo, map: &BlockMap, start: u64) -> Result<bool> {
     let mut found = false;
     let walk = map.for_each_in(io, start, u64::MAX, &mut |_, _| {
         found = true;

@@ -59,6 +59,7 @@ mod cut;
 mod index;
 mod keep;
 mod naming;
+mod punch;
 mod record;
 mod sweep;
 mod table;

@@ -1,5 +1,11 @@
 //! A table record as stored (the layout is in the [module doc](super)): encoding,
 //! decoding, and its view as a [`HiddenVersion`].
+//!
+//! Byte 76 counts *extra fields*: `u64`s after the text (path, process, host), from the
+//! first multiple of 8 after it; the record length covers them. A punch (event 5) has one,
+//! the end of the punched range. Records written before extra fields existed have a zero
+//! there (the byte was reserved and written as zero), so they read as before; a reader
+//! ignores extra fields it does not know.
 
 use super::who::MAX_PROCESS;
 use super::{HiddenEvent, HiddenVersion};
@@ -9,6 +15,8 @@ use crate::{Error, Result};
 /// The longest path a record keeps.
 pub const MAX_PATH: usize = 3584;
 const HEADER_LEN: usize = 80;
+/// Most extra fields a record may have.
+const MAX_EXTRA: usize = 8;
 
 pub(super) const STATE_OPEN: u8 = 1;
 pub(super) const STATE_KEPT: u8 = 2;
@@ -36,8 +44,21 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// Where the extra fields start.
+    fn extra_at(&self) -> usize {
+        HEADER_LEN + (self.path.len() + self.process.len() + self.host.len()).next_multiple_of(8)
+    }
+
+    /// The extra fields this record's event has.
+    fn extra(&self) -> Vec<u64> {
+        match self.event {
+            HiddenEvent::Punch { end } => vec![end],
+            _ => Vec::new(),
+        }
+    }
+
     fn len(&self) -> usize {
-        (HEADER_LEN + self.path.len() + self.process.len() + self.host.len()).next_multiple_of(8)
+        self.extra_at() + 8 * self.extra().len()
     }
 
     pub(super) fn is_live(&self) -> bool {
@@ -48,7 +69,7 @@ impl Record {
         let mut b = vec![0u8; self.len()];
         b[0..2].copy_from_slice(&(self.len() as u16).to_le_bytes());
         b[2] = self.state;
-        b[3] = self.event as u8;
+        b[3] = self.event.code();
         b[4..8].copy_from_slice(&self.mode.to_le_bytes());
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..24].copy_from_slice(&self.ino.to_le_bytes());
@@ -63,10 +84,17 @@ impl Record {
         b[72..74].copy_from_slice(&(self.path.len() as u16).to_le_bytes());
         b[74] = self.process.len() as u8;
         b[75] = self.host.len() as u8;
+        let extra = self.extra();
+        b[76] = extra.len() as u8;
         let mut at = HEADER_LEN;
         for part in [&self.path, &self.process, &self.host] {
             b[at..at + part.len()].copy_from_slice(part);
             at += part.len();
+        }
+        let mut at = self.extra_at();
+        for field in extra {
+            b[at..at + 8].copy_from_slice(&field.to_le_bytes());
+            at += 8;
         }
         b
     }
@@ -99,14 +127,28 @@ impl Record {
             usize::from(b[74]),
             usize::from(b[75]),
         );
-        if p > MAX_PATH || c > MAX_PROCESS || HEADER_LEN + p + c + h > len {
+        let n = usize::from(b[76]);
+        let extra_at = HEADER_LEN + (p + c + h).next_multiple_of(8);
+        if p > MAX_PATH || c > MAX_PROCESS || n > MAX_EXTRA || extra_at + 8 * n > len {
             return Err(bad("field lengths"));
         }
+        let extra: Vec<u64> = (0..n).map(|i| u64_at(extra_at + 8 * i)).collect();
         let state = b[2];
         if !(STATE_OPEN..=STATE_PURGED).contains(&state) {
             return Err(bad(&format!("state {state}")));
         }
-        let event = HiddenEvent::from_u8(b[3]).ok_or_else(|| bad("unknown event"))?;
+        let cut_at = u64_at(64);
+        let event = match b[3] {
+            1 => HiddenEvent::Unlink,
+            2 => HiddenEvent::Rmdir,
+            3 => HiddenEvent::RenameOver,
+            4 => HiddenEvent::Truncate,
+            5 => match extra.first() {
+                Some(&end) if end > cut_at => HiddenEvent::Punch { end },
+                _ => return Err(bad("punch without its range")),
+            },
+            _ => return Err(bad("unknown event")),
+        };
         let time = Timestamp {
             secs: u64_at(24) as i64,
             nanos: u32_at(32),
@@ -127,7 +169,7 @@ impl Record {
             pid: u32_at(44),
             size: u64_at(48),
             blocks: u64_at(56),
-            cut_at: u64_at(64),
+            cut_at,
             path: text[..p].to_vec(),
             process: text[p..p + c].to_vec(),
             host: text[p + c..].to_vec(),

@@ -6,21 +6,27 @@ use crate::filesystem::inode::Timestamp;
 /// What made a version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HiddenEvent {
-    Unlink = 1,
-    Rmdir = 2,
-    RenameOver = 3,
-    Truncate = 4,
+    Unlink,
+    Rmdir,
+    RenameOver,
+    Truncate,
+    /// `fallocate(PUNCH_HOLE)`: the version holds what lay in `[cut_at, end)` (the punched
+    /// range within the file's size), zeros elsewhere.
+    Punch {
+        end: u64,
+    },
 }
 
 impl HiddenEvent {
-    pub(super) fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => HiddenEvent::Unlink,
-            2 => HiddenEvent::Rmdir,
-            3 => HiddenEvent::RenameOver,
-            4 => HiddenEvent::Truncate,
-            _ => return None,
-        })
+    /// The event's code in a record.
+    pub(super) fn code(self) -> u8 {
+        match self {
+            HiddenEvent::Unlink => 1,
+            HiddenEvent::Rmdir => 2,
+            HiddenEvent::RenameOver => 3,
+            HiddenEvent::Truncate => 4,
+            HiddenEvent::Punch { .. } => 5,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -29,7 +35,20 @@ impl HiddenEvent {
             HiddenEvent::Rmdir => "rmdir",
             HiddenEvent::RenameOver => "rename-over",
             HiddenEvent::Truncate => "truncate",
+            HiddenEvent::Punch { .. } => "punch",
         }
+    }
+
+    /// The event [`HiddenEvent::name`] names; a punch's range ends at `punch_end`.
+    pub fn from_name(name: &str, punch_end: u64) -> Option<Self> {
+        Some(match name {
+            "unlink" => HiddenEvent::Unlink,
+            "rmdir" => HiddenEvent::Rmdir,
+            "rename-over" => HiddenEvent::RenameOver,
+            "truncate" => HiddenEvent::Truncate,
+            "punch" => HiddenEvent::Punch { end: punch_end },
+            _ => return None,
+        })
     }
 }
 
@@ -57,6 +76,7 @@ pub struct HiddenVersion {
     /// 4 KiB blocks the version holds.
     pub blocks: u64,
     /// Truncate: the size the file was cut to (the version holds what lay past it).
+    /// Punch: the start of the punched range (its end is in the event).
     pub cut_at: u64,
     /// The file was still open: its content is kept as of its last close, which has not
     /// happened yet (size and blocks are as of the event until then).
@@ -66,6 +86,14 @@ pub struct HiddenVersion {
 impl HiddenVersion {
     pub fn path_text(&self) -> String {
         String::from_utf8_lossy(&self.path).into_owned()
+    }
+
+    /// A punch's range: (offset, length).
+    pub fn punched(&self) -> Option<(u64, u64)> {
+        match self.event {
+            HiddenEvent::Punch { end } => Some((self.cut_at, end.saturating_sub(self.cut_at))),
+            _ => None,
+        }
     }
 
     pub fn kind(&self) -> Option<FileKind> {
