@@ -1740,10 +1740,41 @@ fn fuse_a_punched_hole_leaves_a_hidden_version() {
     // The version holds the 72 blocks, the two edges and a block-map block: statfs
     // leaves them out of the total.
     assert_eq!(before.blocks() - after.blocks(), 75);
+    // Through the daemon: the range, and who punched (fallocate, this test's uid).
+    let json = run_ok(&["hidden", "list", "--json", path_str(&mp)]);
+    let row: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(
+        (&row["event"], &row["cut_at"], &row["punch_length"]),
+        (
+            &serde_json::Value::from("punch"),
+            &serde_json::Value::from(5000),
+            &serde_json::Value::from(300_000)
+        ),
+        "{row}"
+    );
+    assert_eq!(row["process"], "fallocate");
     mount.unmount();
     vol.fsck();
-
+    // The trail has the punch as a hide by fallocate (and only the one that kept data).
     let key = ["--key-file", path_str(&vol.key)];
+    let trail = run_ok(&[&["audit", "--json", path_str(&vol.path)][..], &key].concat());
+    let hides: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e["op"] == "hide")
+        .collect();
+    assert_eq!(hides.len(), 1, "{trail}");
+    assert_eq!(hides[0]["path"], "/ward/db");
+    assert_eq!(hides[0]["process"], "fallocate");
+    assert!(
+        hides[0]["detail"]
+            .as_str()
+            .expect("detail")
+            .starts_with("punch 300000 bytes at 5000"),
+        "{}",
+        hides[0]
+    );
+
     let list = run_ok(&[&["hidden", "list", path_str(&vol.path)][..], &key].concat());
     let rows: Vec<&str> = list.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "only the punch that discarded data:\n{list}");

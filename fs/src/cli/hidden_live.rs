@@ -160,7 +160,9 @@ pub fn version_json(v: &HiddenVersion) -> Value {
         "process": v.process,
         "host": v.host,
         "event": v.event.name(),
-        "cut_at": (v.event == HiddenEvent::Truncate).then_some(v.cut_at),
+        "cut_at": matches!(v.event, HiddenEvent::Truncate | HiddenEvent::Punch { .. })
+            .then_some(v.cut_at),
+        "punch_length": v.punched().map(|(_, length)| length),
         "open": v.open,
         "mode": v.mode,
         "kind": v.kind().map(|k| format!("{k:?}").to_lowercase()),
@@ -182,13 +184,12 @@ pub fn version_from_json(value: &Value) -> Result<HiddenVersion> {
         Some(h) => hex::decode(h).map_err(|_| bad("path_hex"))?,
         None => str_of("path")?.as_bytes().to_vec(),
     };
-    let event = match str_of("event")? {
-        "unlink" => HiddenEvent::Unlink,
-        "rmdir" => HiddenEvent::Rmdir,
-        "rename-over" => HiddenEvent::RenameOver,
-        "truncate" => HiddenEvent::Truncate,
-        _ => return Err(bad("event")),
-    };
+    let cut_at = value["cut_at"].as_u64().unwrap_or(0);
+    let punch_end = value["punch_length"]
+        .as_u64()
+        .and_then(|length| cut_at.checked_add(length))
+        .unwrap_or(cut_at);
+    let event = HiddenEvent::from_name(str_of("event")?, punch_end).ok_or_else(|| bad("event"))?;
     Ok(HiddenVersion {
         path,
         version: u32_of("version")?,
@@ -209,7 +210,7 @@ pub fn version_from_json(value: &Value) -> Result<HiddenVersion> {
         mode: u32_of("mode")?,
         size: u64_of("size")?,
         blocks: u64_of("blocks")?,
-        cut_at: value["cut_at"].as_u64().unwrap_or(0),
+        cut_at,
         open: value["open"].as_bool().ok_or_else(|| bad("open"))?,
     })
 }

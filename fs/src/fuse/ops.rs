@@ -532,8 +532,20 @@ impl fuser::Filesystem for DomFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let result = self.fs.fallocate(ino.0, offset, length, mode);
-        self.reply_empty(req, reply, result, "fallocate", ino.0);
+        let result = self
+            .fs
+            .fallocate_by(ino.0, offset, length, mode, caller(req));
+        if let Ok(Some(kept)) = &result
+            && let Some((at, bytes)) = kept.punched()
+        {
+            // What the punch discarded is kept: a hide, as for an unlink or a cut.
+            let event = Event::new(AuditOp::Hide, ino.0, self.fs.path_of(ino.0)).detail(format!(
+                "punch {bytes} bytes at {at}: hidden version id {}",
+                kept.id
+            ));
+            self.note(req, event, &result);
+        }
+        self.reply_empty(req, reply, result.map(|_| ()), "fallocate", ino.0);
     }
 
     // What domfs does not offer is refused quietly: fuser's defaults log a warning per

@@ -1,5 +1,6 @@
 //! Hidden, not deleted (layer 6 of DESIGN.md): unlink, rmdir, rename over an existing
-//! file and truncation keep the old content as a *hidden version*, with who and when.
+//! file, truncation and a punched hole keep the old content as a *hidden version*, with
+//! who and when.
 //!
 //! - **Unlink, rmdir, rename-over** of a file's last name keep the inode itself: it gets
 //!   the hidden flag (`FLAG_HIDDEN`, link count 0) instead of being freed, so keeping
@@ -10,6 +11,10 @@
 //!   a new hidden inode at the same offsets ([`BlockMap::move_range`]: no data copy; the
 //!   one block the cut falls inside is copied, the file keeps the copy). The version's
 //!   size is the old size; what lay before the block of the cut point reads as zeros in it.
+//! - **A punched hole** (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) that discards data: the
+//!   range's whole blocks move to a new hidden inode at their offsets, the punched bytes
+//!   of the two edge blocks are copied there (`punch.rs`); the version reads as zeros
+//!   outside the range.
 //!
 //! A hidden inode is never answered by lookup, readdir or getattr (inode numbers are never
 //! reused, so nothing can reach it by number either); only this module reads it.
@@ -26,7 +31,7 @@
 //! |---|---|---|
 //! | 0 | 2 | record length L (a multiple of 8, 80 ≤ L ≤ 4096) |
 //! | 2 | 1 | state: 1 open (kept at its last close), 2 kept, 3 restored, 4 purged |
-//! | 3 | 1 | event: 1 unlink, 2 rmdir, 3 rename-over, 4 truncate |
+//! | 3 | 1 | event: 1 unlink, 2 rmdir, 3 rename-over, 4 truncate, 5 punch |
 //! | 4 | 4 | mode of the file |
 //! | 8 | 8 | version id (volume-wide, increasing) |
 //! | 16 | 8 | inode of the hidden content |
@@ -36,13 +41,16 @@
 //! | 44 | 4 | pid |
 //! | 48 | 8 | size in bytes |
 //! | 56 | 8 | blocks held |
-//! | 64 | 8 | truncate: the size the file was cut to; otherwise 0 |
+//! | 64 | 8 | truncate: the size the file was cut to; punch: the range's start; else 0 |
 //! | 72 | 2 | path length p (≤ 3584) |
 //! | 74 | 1 | process name length c (≤ 16) |
 //! | 75 | 1 | host length h (≤ 255) |
-//! | 76 | 4 | zero |
+//! | 76 | 1 | extra field count n (0 before punches existed) |
+//! | 77 | 3 | zero |
 //! | 80 | p + c + h | path (from the root, no leading `/`), process name (`/proc/PID/comm`), host |
+//! | 8-aligned | 8 n | extra `u64` fields; a punch has one: the range's end (exclusive) |
 //!
+//! `fs/FORMAT.md` has the exact rules (alignment, bounds, unknown fields).
 //! Restoring or purging a version rewrites its state in place; a table block whose
 //! records are all restored or purged is given back (except the last block, so the
 //! highest version id is always on disk). The in-memory index (by path, by inode) is
