@@ -4,7 +4,7 @@
 //!
 //! - [`device`]: the raw container (a regular file or a block device).
 //! - [`crypto`]: the domain key, its HKDF subkeys, AES-256-XTS and the per-block HMAC tag.
-//! - [`format`]: the on-disk structures with fixed places: the domain header (two copies)
+//! - [`format`](mod@format): the on-disk structures with fixed places: the domain header (two copies)
 //!   and the superblock (two alternating copies, the commit point).
 //! - [`store`]: the authenticated, crash-safe block store: a redirect-on-write Merkle tree
 //!   of block pointers, the allocator, the cache, transactions and fsck.

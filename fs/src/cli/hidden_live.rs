@@ -4,7 +4,7 @@
 //!
 //! The wire form of a version is the object `domfs hidden list --json` prints. A purge
 //! carries the domain manager's Ed25519 signature over
-//! [`purge_message`](crate::control::protocol::purge_message) (volume id, path, version,
+//! [`purge_message`] (volume id, path, version,
 //! the version's volume-wide id, time); the daemon checks it against the manager key in
 //! the volume's header, refuses a signature older or newer than [`PURGE_WINDOW`] seconds,
 //! and purges only the version with that id. Ids are never reused, so a signature, once
