@@ -639,6 +639,75 @@ fn a_full_volume_refuses_a_punch_it_cannot_keep() {
     vol.fsck();
 }
 
+/// On a full volume a truncation that would keep a version is refused with nothing
+/// changed, and one of a scratch file (no version to keep) goes through and frees space
+/// (it used to reserve room for a version it would not keep, and answered ENOSPC).
+#[test]
+fn a_full_volume_truncates_scratch_files_and_refuses_cuts_it_cannot_keep() {
+    const BS: u64 = 4096;
+    let policy = Retention {
+        keep_for: None,
+        no_keep: vec!["*-journal".into()],
+    };
+    let vol = Vol::new(8 << 20, &policy);
+    let fs = vol.fs();
+    let data = prng_bytes(1 << 20, 6);
+    let chart = file(&fs, ROOT_INO, "chart", &data);
+    file(&fs, ROOT_INO, "note", b"a record");
+    file(&fs, ROOT_INO, "old-journal", &data[..BS as usize]);
+    let journal = file(&fs, ROOT_INO, "db-journal", b"");
+    let block = prng_bytes(BS as usize, 7);
+    let mut filled = 0u64;
+    loop {
+        match fs.write(journal, filled, &block) {
+            Ok(_) => filled += BS,
+            Err(Error::NoSpace) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(filled < 8 << 20, "never ran out of space");
+    }
+    let cut = |ino: u64, size: u64| {
+        fs.setattr(
+            ino,
+            SetAttr {
+                size: Some(size),
+                ..SetAttr::default()
+            },
+            me(),
+        )
+    };
+    // Deleting a record needs room for its version's record: refused, nothing changed;
+    // deleting a scratch file keeps nothing and goes through.
+    match fs.unlink(ROOT_INO, b"note", me()) {
+        Err(Error::NoSpace) => {}
+        other => panic!("expected ENOSPC, got {other:?}"),
+    }
+    assert!(fs.lookup(ROOT_INO, b"note").is_ok());
+    fs.unlink(ROOT_INO, b"old-journal", me())
+        .expect("a scratch file is deleted on a full volume");
+    // The record's cut needs room the volume does not have.
+    match cut(chart, BS / 2) {
+        Err(Error::NoSpace) => {}
+        other => panic!("expected ENOSPC, got {other:?}"),
+    }
+    assert_eq!(fs.read(chart, 0, 1 << 20).expect("read"), data);
+    assert!(fs.hidden_list(None).expect("list").is_empty());
+    // The journal's cut keeps nothing: it needs no room and makes some.
+    let free_before = fs.statfs().free;
+    cut(journal, 0).expect("a scratch file truncates on a full volume");
+    fs.sync().expect("sync");
+    assert!(fs.statfs().free > free_before + filled / BS / 2);
+    assert!(fs.hidden_list(None).expect("list").is_empty());
+    // Now the record's cut is kept.
+    cut(chart, BS / 2).expect("kept now");
+    let v = fs.hidden_get(b"chart", 1).expect("the cut is a version");
+    assert_eq!(v.event, HiddenEvent::Truncate);
+    assert_eq!(content(&fs, "chart", 1)[BS as usize..], data[BS as usize..]);
+    fs.sync().expect("sync");
+    drop(fs);
+    vol.fsck();
+}
+
 #[test]
 fn versions_are_numbered_per_path_newest_first() {
     let vol = Vol::new(64 << 20, &keep_all());

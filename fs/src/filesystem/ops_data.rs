@@ -86,54 +86,62 @@ impl Filesystem {
         if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
             return Err(Posix::FileTooLarge.into());
         }
-        // Room for the version's new block map and record (an estimate from the size now:
-        // the operation's slack covers a file that grew since).
-        let room = match set.size {
-            Some(size) => match self.getattr(ino) {
-                Ok(e) if e.inode.size > size => hidden::cut_room(e.inode.size, size),
-                _ => 0,
-            },
-            None => 0,
-        };
-        let mut kept = None;
-        let result = self.mutate(2 + room, |st, io| {
-            let mut inode = st.inode(io, ino)?;
-            let now = Timestamp::now();
-            if let Some(mode) = set.mode {
-                inode.mode = (inode.mode & S_IFMT) | (mode & !S_IFMT);
-            }
-            if let Some(uid) = set.uid {
-                inode.uid = uid;
-            }
-            if let Some(gid) = set.gid {
-                inode.gid = gid;
-            }
-            if let Some(size) = set.size {
-                if inode.is_dir() {
-                    return Err(Posix::IsDirectory.into());
+        // Keeping what a cut discards needs room for the version's block map and record,
+        // known once the file is looked at: such a cut runs again with that room (one
+        // that keeps nothing needs none, so it works on a full volume).
+        let mut room = 0;
+        loop {
+            let mut kept = None;
+            let result = self.mutate(room, |st, io| {
+                let mut inode = st.inode(io, ino)?;
+                if let Some(size) = set.size {
+                    if inode.is_dir() {
+                        return Err(Posix::IsDirectory.into());
+                    }
+                    if let Some(needed) = self.cut_keeps(st, io, ino, &inode, size)?
+                        && needed > room
+                    {
+                        return Ok(Err(needed));
+                    }
                 }
-                kept = self.keep_cut(st, io, ino, &mut inode, size, caller)?;
-                truncate(st, io, &mut inode, size)?;
-                inode.mtime = now;
+                let now = Timestamp::now();
+                if let Some(mode) = set.mode {
+                    inode.mode = (inode.mode & S_IFMT) | (mode & !S_IFMT);
+                }
+                if let Some(uid) = set.uid {
+                    inode.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    inode.gid = gid;
+                }
+                if let Some(size) = set.size {
+                    kept = self.keep_cut(st, io, ino, &mut inode, size, caller)?;
+                    truncate(st, io, &mut inode, size)?;
+                    inode.mtime = now;
+                }
+                let resolve = |t: TimeSet| match t {
+                    TimeSet::Now => now,
+                    TimeSet::At(t) => t,
+                };
+                if let Some(t) = set.atime {
+                    inode.atime = resolve(t);
+                }
+                if let Some(t) = set.mtime {
+                    inode.mtime = resolve(t);
+                }
+                inode.ctime = set.ctime.unwrap_or(now);
+                st.put_inode(io, ino, &inode)?;
+                Ok(Ok(Entry { ino, inode }))
+            })?;
+            match result {
+                // Nothing was changed: again, with the room it needs.
+                Err(needed) => room = needed,
+                Ok(entry) => {
+                    self.report_hidden(kept);
+                    return Ok(entry);
+                }
             }
-            let resolve = |t: TimeSet| match t {
-                TimeSet::Now => now,
-                TimeSet::At(t) => t,
-            };
-            if let Some(t) = set.atime {
-                inode.atime = resolve(t);
-            }
-            if let Some(t) = set.mtime {
-                inode.mtime = resolve(t);
-            }
-            inode.ctime = set.ctime.unwrap_or(now);
-            st.put_inode(io, ino, &inode)?;
-            Ok(Entry { ino, inode })
-        });
-        if result.is_ok() {
-            self.report_hidden(kept);
         }
-        result
     }
 
     /// [`Filesystem::fallocate_by`] by an unknown caller (uid, gid and pid 0 in a version

@@ -306,32 +306,67 @@ impl Filesystem {
         if name == b".." {
             return Err(Posix::NotEmpty.into());
         }
-        let hidden = self.mutate(RECORD_ROOM, |st, io| {
-            let (ino, kind) = st
-                .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
-                .ok_or(Posix::NotFound)?;
-            if directory && kind != FileKind::Directory {
-                return Err(Posix::NotDirectory.into());
+        // Keeping the file takes room for its record, known once the name is looked up:
+        // such a removal runs again with that room. One that keeps nothing (a scratch
+        // path, another link left) needs none, so it works on a full volume. Unless the
+        // volume is nearly full, the room is there from the start (one pass).
+        let mut room = if self.store.has_room_for(RECORD_ROOM + super::OP_SLACK) {
+            RECORD_ROOM
+        } else {
+            0
+        };
+        let hidden = loop {
+            let outcome = self.mutate(room, |st, io| {
+                self.remove_in(st, io, parent, name, directory, caller, room)
+            })?;
+            match outcome {
+                Ok(hidden) => break hidden,
+                // Nothing was changed: again, with the room it needs.
+                Err(needed) => room = needed,
             }
-            if !directory && kind == FileKind::Directory {
-                return Err(Posix::IsDirectory.into());
-            }
-            if directory && !st.with_dir(io, ino, |dir, _| Ok(dir.is_empty()))? {
-                return Err(Posix::NotEmpty.into());
-            }
-            let event = if directory {
-                HiddenEvent::Rmdir
-            } else {
-                HiddenEvent::Unlink
-            };
-            let keep = self.keep_for(st, io, parent, name, ino, event, caller)?;
-            st.with_dir(io, parent, |dir, storage| dir.remove(storage, name))?;
-            let now = Timestamp::now();
-            touch_dir(st, io, parent, now, if directory { -1 } else { 0 })?;
-            drop_link(st, io, ino, now, keep.as_ref())
-        })?;
+        };
         self.report_hidden(hidden);
         Ok(())
+    }
+
+    /// One pass of [`Filesystem::remove`] with `room` reserved: `Ok(Err(needed))`, with
+    /// nothing changed, when keeping the file needs more.
+    #[allow(clippy::too_many_arguments)]
+    fn remove_in(
+        &self,
+        st: &mut State,
+        io: &dyn BlockIo,
+        parent: u64,
+        name: &[u8],
+        directory: bool,
+        caller: Caller,
+        room: u64,
+    ) -> Result<std::result::Result<Option<HiddenVersion>, u64>> {
+        let (ino, kind) = st
+            .with_dir(io, parent, |dir, _| Ok(dir.lookup(name)))?
+            .ok_or(Posix::NotFound)?;
+        if directory && kind != FileKind::Directory {
+            return Err(Posix::NotDirectory.into());
+        }
+        if !directory && kind == FileKind::Directory {
+            return Err(Posix::IsDirectory.into());
+        }
+        if directory && !st.with_dir(io, ino, |dir, _| Ok(dir.is_empty()))? {
+            return Err(Posix::NotEmpty.into());
+        }
+        let event = if directory {
+            HiddenEvent::Rmdir
+        } else {
+            HiddenEvent::Unlink
+        };
+        let keep = self.keep_for(st, io, parent, name, ino, event, caller)?;
+        if keep.is_some() && room < RECORD_ROOM {
+            return Ok(Err(RECORD_ROOM));
+        }
+        st.with_dir(io, parent, |dir, storage| dir.remove(storage, name))?;
+        let now = Timestamp::now();
+        touch_dir(st, io, parent, now, if directory { -1 } else { 0 })?;
+        drop_link(st, io, ino, now, keep.as_ref()).map(Ok)
     }
 
     pub fn rename(

@@ -56,9 +56,32 @@ pub(crate) fn cut_room(old: u64, new: u64) -> u64 {
 }
 
 impl Filesystem {
+    /// The room (blocks) keeping what a cut of `inode` to `new_size` discards takes, or
+    /// `None` when it keeps nothing (nothing is cut, or the path is scratch): a truncation
+    /// that keeps nothing needs no room, so it works on a full volume and frees space.
+    pub(crate) fn cut_keeps(
+        &self,
+        st: &mut State,
+        io: &dyn BlockIo,
+        ino: u64,
+        inode: &Inode,
+        new_size: u64,
+    ) -> Result<Option<u64>> {
+        if new_size >= inode.size || !cut_discards(io, inode, new_size)? {
+            return Ok(None);
+        }
+        let path = file_path(st, io, ino, inode)?;
+        Ok(self
+            .hidden_cfg
+            .retention
+            .keeps(&path)
+            .then(|| cut_room(inode.size, new_size)))
+    }
+
     /// Truncation of `inode` to `new_size`: what is cut becomes a hidden version (blocks
     /// moved, not copied), unless nothing is cut or the path is not kept. Sets the size
-    /// when it keeps; the caller truncates as before otherwise.
+    /// when it keeps; the caller truncates as before otherwise. The caller reserved the
+    /// room [`Filesystem::cut_keeps`] asked for.
     pub(crate) fn keep_cut(
         &self,
         st: &mut State,

@@ -76,7 +76,6 @@ mod who;
 
 pub(crate) use config::HiddenConfig;
 pub use config::{Clock, FsOptions, HiddenSink};
-pub(crate) use cut::cut_room;
 pub(crate) use index::HiddenIndex;
 pub(crate) use keep::{Keep, finish_open, hide};
 pub use naming::normalize_path;
