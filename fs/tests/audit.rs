@@ -465,3 +465,53 @@ fn the_benchmark_switch_turns_auditing_off_on_key_file_volumes_only() {
     m.unmount();
     assert!(entries(&vol, &[]).is_empty());
 }
+
+/// A truncation that keeps what it cuts is a hide in the trail (besides its setattr), by
+/// the process that cut: `truncate -s` and a shell's `>` (O_TRUNC) alike.
+#[test]
+fn a_kept_cut_is_a_hide_entry() {
+    fuse_available();
+    let vol = Volume::new();
+    let mp = vol.mountpoint("m");
+    let m = vol.mount(&mp, &[]);
+    fs::write(m.path("lab.txt"), vec![b'7'; 10_000]).expect("write");
+    fs::write(m.path("plan.txt"), b"old plan").expect("write");
+    for script in ["truncate -s 100 lab.txt", ": > plan.txt"] {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&mp)
+            .output()
+            .expect("sh");
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+    }
+    m.unmount();
+    let hides: Vec<Value> = entries(&vol, &[])
+        .into_iter()
+        .filter(|e| e["op"] == "hide")
+        .collect();
+    assert_eq!(hides.len(), 2, "{hides:#?}");
+    let by_path = |p: &str| {
+        hides
+            .iter()
+            .find(|e| e["path"] == p)
+            .unwrap_or_else(|| panic!("no hide of {p}: {hides:#?}"))
+    };
+    let lab = by_path("/lab.txt");
+    assert_eq!(lab["process"], "truncate");
+    assert!(
+        lab["detail"]
+            .as_str()
+            .expect("detail")
+            .starts_with("truncate to 100: hidden version id "),
+        "{lab}"
+    );
+    let plan = by_path("/plan.txt");
+    assert_eq!(plan["process"], "sh");
+    assert!(
+        plan["detail"]
+            .as_str()
+            .expect("detail")
+            .starts_with("truncate to 0: "),
+        "{plan}"
+    );
+}

@@ -83,6 +83,16 @@ impl Filesystem {
     /// Changes attributes. Cutting a file short keeps what is cut as a hidden version
     /// (by `caller`), unless its path is not kept.
     pub fn setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Entry> {
+        self.setattr_by(ino, set, caller).map(|(entry, _)| entry)
+    }
+
+    /// [`Filesystem::setattr`], and the hidden version a cut kept.
+    pub fn setattr_by(
+        &self,
+        ino: u64,
+        set: SetAttr,
+        caller: Caller,
+    ) -> Result<(Entry, Option<hidden::HiddenVersion>)> {
         if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
             return Err(Posix::FileTooLarge.into());
         }
@@ -137,8 +147,8 @@ impl Filesystem {
                 // Nothing was changed: again, with the room it needs.
                 Err(needed) => room = needed,
                 Ok(entry) => {
-                    self.report_hidden(kept);
-                    return Ok(entry);
+                    self.report_hidden(kept.clone());
+                    return Ok((entry, kept));
                 }
             }
         }

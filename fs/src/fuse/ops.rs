@@ -132,12 +132,21 @@ impl fuser::Filesystem for DomFuse {
             mtime: mtime.map(time_set),
             ctime: ctime.map(kernel_time),
         };
-        let result = self.fs.setattr(ino.0, set, caller(req));
-        let event = Event::new(AuditOp::Setattr, ino.0, self.fs.path_of(ino.0))
-            .detail(describe_setattr(&set));
+        let result = self.fs.setattr_by(ino.0, set, caller(req));
+        let path = self.fs.path_of(ino.0);
+        let event =
+            Event::new(AuditOp::Setattr, ino.0, path.clone()).detail(describe_setattr(&set));
         self.note(req, event, &result);
+        if let Ok((_, Some(kept))) = &result {
+            // What the cut discarded is kept: a hide, as for an unlink or a punch.
+            let event = Event::new(AuditOp::Hide, ino.0, path).detail(format!(
+                "truncate to {}: hidden version id {}",
+                kept.cut_at, kept.id
+            ));
+            self.note(req, event, &result);
+        }
         match result {
-            Ok(entry) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
+            Ok((entry, _)) => reply.attr(&TTL, &file_attr(entry.ino, &entry.inode)),
             Err(e) => reply.error(self.fail(req, "setattr", ino.0, &e)),
         }
     }
