@@ -27,18 +27,14 @@
 #   DOMFS_CACHE      domfs --cache-size (default: domfs's own, 256M)
 set -euo pipefail
 
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 quick=0
 rounds=3
 opens=20000
 results=
 keep=0
-
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() {
-    echo "audit-cost: error: $*" >&2
-    exit 1
-}
-say() { echo "audit-cost: $*" >&2; }
 
 while (($#)); do
     case "$1" in
@@ -79,31 +75,19 @@ else
 fi
 export SIZE RUNTIME RAMP
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$BENCH_LIB_REPO
 fio_dir=$repo/bench/fio
 jobs=(01-randread-4k-direct.fio 02-randread-4k-buffered.fio)
 
-[[ $(id -u) -eq 0 ]] || die "run as root (mounting needs it)."
-[[ -e /dev/fuse ]] || die "/dev/fuse is missing (modprobe fuse)."
-for tool in fio python3 mountpoint; do
-    command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (Debian: apt-get install -y fio python3)."
-done
+need_root_fuse
+need_tools fio python3 -- "Debian: apt-get install -y fio python3"
 for job in "${jobs[@]}"; do [[ -f "$fio_dir/$job" ]] || die "missing $fio_dir/$job."; done
 
-if [[ -z "${DOMFS:-}" ]]; then
-    command -v cargo >/dev/null 2>&1 || die "cargo not found; build domfs or set DOMFS=/path/to/domfs."
-    say "building domfs (cargo build --release -p domfs)..."
-    (cd "$repo" && cargo build --release -q -p domfs) >&2 || die "cargo build --release -p domfs failed."
-    target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    DOMFS=$target_dir/release/domfs
-fi
-[[ -x "$DOMFS" ]] || die "domfs binary '$DOMFS' is not executable."
+need_domfs
 
 work=$(mktemp -d "${BENCH_WORKDIR:-/var/tmp}/domfs-audit-cost.XXXXXX")
 # A private copy: a build elsewhere in the shared target directory changes nothing here.
-cp "$DOMFS" "$work/domfs-bin"
-DOMFS=$work/domfs-bin
+DOMFS=$(private_copy "$DOMFS" "$work")
 [[ -n "$results" ]] || results=$work/results
 mkdir -p "$results"
 results=$(cd "$results" && pwd)
@@ -111,22 +95,17 @@ mnt=$work/mnt
 mkdir -p "$mnt"
 
 cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if mountpoint -q "$mnt" 2>/dev/null; then
+    if is_mounted "$mnt"; then
         say "cleanup: unmounting $mnt"
-        "$DOMFS" -q unmount "$mnt" >&2 || umount "$mnt" || umount -l "$mnt" || true
+        unmount_domfs "$mnt"
     fi
-    if ((keep)) || mountpoint -q "$mnt" 2>/dev/null; then
+    if ((keep)) || is_mounted "$mnt"; then
         say "work directory kept: $work"
     else
         rm -rf --one-file-system "$work"
     fi
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 key=$work/audit.key
 vol=$work/audit.vol
@@ -173,13 +152,7 @@ print(f"{(time.perf_counter() - t) / n * 1e6:.3f}")
 PY
 }
 
-cpu_ticks() { # pid -> utime + stime of all its threads, in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 hz=$(getconf CLK_TCK)
-daemon_pid() {
-    pgrep -f -- "[ /]${mnt}\$" | head -n 1 || true
-}
 # µs of daemon CPU per operation: ticks before, ticks after, operations.
 per_op() { awk -v a="$2" -v b="$1" -v n="$3" -v hz="$hz" 'BEGIN { printf "%.3f", (n > 0 ? (a - b) / hz / n * 1e6 : 0) }'; }
 
@@ -189,7 +162,7 @@ for ((round = 1; round <= rounds; round++)); do
     for setting in "${order[@]}"; do
         say "round $round: auditing $setting"
         mount_as "$setting"
-        pid=$(daemon_pid)
+        pid=$(daemon_pid "$mnt")
         [[ -n "$pid" ]] || die "no daemon process found for $mnt."
         for job in "${jobs[@]}"; do
             name=${job%.fio}

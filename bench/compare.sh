@@ -37,19 +37,15 @@
 #   DOMFS_CACHE      domfs --cache-size (default: domfs's own default, 256M)
 set -euo pipefail
 
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 quick=0
 rounds=1
 job_filter=
 writeback=1
 results=
 keep=0
-
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() {
-    echo "compare: error: $*" >&2
-    exit 1
-}
-say() { echo "compare: $*" >&2; }
 
 while (($#)); do
     case "$1" in
@@ -90,31 +86,23 @@ else
 fi
 export SIZE RUNTIME RAMP
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$BENCH_LIB_REPO
 fio_dir=$repo/bench/fio
 
 # --- prerequisites -------------------------------------------------------------------------
 
-[[ $(id -u) -eq 0 ]] || die "run as root (mounting bindfs/gocryptfs/domfs and umount need it)."
-[[ -e /dev/fuse ]] || die "/dev/fuse is missing (modprobe fuse)."
-for tool in fio bindfs gocryptfs python3 mountpoint umount; do
-    command -v "$tool" >/dev/null 2>&1 ||
-        die "'$tool' not found; scripts/install-deps installs the benchmark peers (Debian: apt-get install -y fio bindfs gocryptfs)."
-done
+need_root_fuse
+need_tools fio bindfs gocryptfs python3 umount -- \
+    "scripts/install-deps installs the benchmark peers; Debian: apt-get install -y fio bindfs gocryptfs"
 
 mapfile -t jobs < <(find "$fio_dir" -maxdepth 1 -name '*.fio' -printf '%f\n' | sort |
     { if [[ -n "$job_filter" ]]; then grep -E -- "$job_filter" || true; else cat; fi })
-((${#jobs[@]})) || die "no job files in $fio_dir${job_filter:+ match '$job_filter'}."
-
-if [[ -z "${DOMFS:-}" ]]; then
-    command -v cargo >/dev/null 2>&1 || die "cargo not found; build domfs or set DOMFS=/path/to/domfs."
-    say "building domfs (cargo build --release -p domfs)..."
-    (cd "$repo" && cargo build --release -q -p domfs) >&2 || die "cargo build --release -p domfs failed."
-    target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    DOMFS=$target_dir/release/domfs
+if ((${#jobs[@]} == 0)); then
+    [[ -z "$job_filter" ]] || die "no job files in $fio_dir match '$job_filter'."
+    die "no job files in $fio_dir."
 fi
-[[ -x "$DOMFS" ]] || die "domfs binary '$DOMFS' is not executable."
+
+need_domfs
 
 # --- work directory, mounts and their cleanup ----------------------------------------------
 
@@ -122,22 +110,20 @@ work=$(mktemp -d "${BENCH_WORKDIR:-/var/tmp}/domfs-compare.XXXXXX")
 # Run a private copy: a cargo build elsewhere in the (shared) target directory during the
 # run must not change the binary that later mounts, unmounts and fscks use.
 domfs_built="$(date -u -r "$DOMFS" '+%Y-%m-%d %H:%M UTC')"
-cp "$DOMFS" "$work/domfs-bin"
-DOMFS=$work/domfs-bin
+DOMFS=$(private_copy "$DOMFS" "$work")
 [[ -n "$results" ]] || results=$work/results
 mkdir -p "$results"
 results=$(cd "$results" && pwd)
 
 mounted=() # mount points, in mount order
 cleanup() {
-    local status=$? i mnt
-    trap - EXIT INT TERM
+    local i mnt
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
         mnt=${mounted[i]}
-        mountpoint -q "$mnt" 2>/dev/null || continue
+        is_mounted "$mnt" || continue
         say "cleanup: unmounting $mnt"
         case "${mnt##*/}" in
-            domfs*) "$DOMFS" -q unmount "$mnt" >&2 || umount "$mnt" || umount -l "$mnt" || true ;;
+            domfs*) unmount_domfs "$mnt" ;;
             *) umount "$mnt" || umount -l "$mnt" || true ;;
         esac
     done
@@ -146,18 +132,17 @@ cleanup() {
     else
         # Only after every mount is gone: never delete through a live mount.
         local busy=0
-        for mnt in "${mounted[@]}"; do mountpoint -q "$mnt" 2>/dev/null && busy=1; done
+        for mnt in "${mounted[@]}"; do
+            if is_mounted "$mnt"; then busy=1; fi
+        done
         if ((busy)); then
             say "cleanup: something is still mounted; leaving $work in place"
         else
             rm -rf --one-file-system "$work"
         fi
     fi
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 # Space: the file on each target, the domfs volumes' redirect-on-write copies, slack.
 need_kib=$(python3 -c '
@@ -215,17 +200,13 @@ mount_domfs domfs
 for t in "${targets[@]}"; do
     [[ $t == raw ]] && continue
     mnt=${dir_of[$t]}
-    pid=$(pgrep -f -- "[ /]${mnt}\$" | head -n 1 || true)
+    pid=$(daemon_pid "$mnt")
     if [[ -n "$pid" ]]; then
         pid_of[$t]=$pid
     else
         say "note: no daemon process found for $t; its cpu column stays empty"
     fi
 done
-
-cpu_ticks() { # pid -> utime + stime of all its threads, in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 
 # --- the runs --------------------------------------------------------------------------------
 

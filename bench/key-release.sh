@@ -15,6 +15,8 @@
 # Usage: bench/key-release.sh [--clients N] [--seconds S] [--rounds R]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 clients=64 seconds=10 rounds=5
 while [ $# -gt 0 ]; do
   case $1 in
@@ -26,28 +28,20 @@ while [ $# -gt 0 ]; do
 done
 
 cargo build --release -q -p domfs -p domfs-ttp -p domfs-agent -p domfs-bench --bin domfs-keyload
-bin=$PWD/target/release
+bin=$(domfs_target_dir)/release
+DOMFS=$bin/domfs
 work=$(mktemp -d /var/tmp/domfs-keybench.XXXXXX)
 pids=()
 cleanup() {
-  grep -q " $work/mnt " /proc/self/mountinfo && "$bin/domfs" unmount "$work/mnt" >/dev/null 2>&1
+  for m in "$work/mnt" "$work/holder"; do
+    if is_mounted "$m"; then unmount_domfs "$m" 2>/dev/null; fi
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  is_mounted "$work/mnt" || is_mounted "$work/holder" || rm -rf "$work"
 }
-trap cleanup EXIT
+on_exit cleanup
 export TSS2_LOG=all+none
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_line() {
-  for _ in $(seq 1 300); do
-    line=$(grep -m1 "^$2" "$1" 2>/dev/null) && { echo "${line#"$2"}"; return 0; }
-    sleep 0.1
-  done
-  echo "timed out waiting for $2 in $1" >&2; cat "$1" "$1.err" >&2 || true; exit 1
-}
-now_ms() { date +%s%3N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 tpm_port=$(free_port)
 swtpm socket --tpmstate dir="$work" --tpm2 --server type=tcp,port="$tpm_port",bindaddr=127.0.0.1 \
@@ -68,7 +62,7 @@ start_agent() {
     --tcti "swtpm:host=127.0.0.1,port=$tpm_port" --pcrs sha256:16 "${host_tls[@]}" \
     >"$work/agent.out" 2>"$work/agent.out.err" &
   agent_pid=$!
-  pids+=($agent_pid)
+  pids+=("$agent_pid")
   wait_line "$work/agent.out" "domfs-agent: serving " >/dev/null
 }
 stop_agent() { kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; : >"$work/agent.out"; }
