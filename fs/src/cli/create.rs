@@ -55,7 +55,8 @@ pub struct Args {
     /// Paths whose removed content is freed at once, not kept: scratch files, not records
     /// (repeat for more). Relative to the volume's root; `*` and `?` match within a
     /// component, `**` any number of components; without a leading `/` a pattern matches
-    /// at any depth. E.g. '*-journal' (SQLite), 'pg_wal/*' and 'pgsql_tmp*' (PostgreSQL).
+    /// at any depth. E.g. '*-journal' (SQLite); for PostgreSQL 'pg_wal/*', 'pgsql_tmp*',
+    /// 'pgsql_tmp/**', 'pg_subtrans/*', 'pg_internal.init*' (README: why each).
     #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
     no_keep: Vec<String>,
     /// Overwrite a container that already holds data or a volume.
