@@ -8,7 +8,7 @@ use super::table::{RECORD_ROOM, append};
 use super::{BS, HiddenEvent, HiddenVersion};
 use crate::filesystem::alloc::AllocIo;
 use crate::filesystem::bmap::BlockMap;
-use crate::filesystem::inode::{FLAG_HIDDEN, Inode};
+use crate::filesystem::inode::{FLAG_HIDDEN, Inode, Timestamp};
 use crate::filesystem::state::State;
 use crate::filesystem::{BlockIo, Caller, Filesystem};
 use crate::types::BLOCK_SIZE;
@@ -105,21 +105,7 @@ impl Filesystem {
         }
         let now = self.hidden_cfg.now();
         let hidden_ino = st.new_ino();
-        let mut hidden = Inode {
-            mode: inode.mode,
-            uid: inode.uid,
-            gid: inode.gid,
-            nlink: 0,
-            size: old_size,
-            atime: inode.atime,
-            mtime: inode.mtime,
-            ctime: now,
-            crtime: now,
-            generation: 1,
-            flags: FLAG_HIDDEN,
-            parent: inode.parent,
-            ..Inode::default()
-        };
+        let mut hidden = version_inode(inode, now);
         let xattr = u64::from(inode.xattr_block != 0);
         let kept_blocks = cut_start;
         let cut_blocks = old_size.div_ceil(BS).saturating_sub(cut_start);
@@ -177,5 +163,25 @@ impl Filesystem {
         record.cut_at = new_size;
         let record = append(st, io, record)?;
         Ok(Some(record.version(1)))
+    }
+}
+
+/// The inode of a new hidden version of `inode` made `now`: its owner, mode, times and
+/// size, the hidden flag, no blocks yet (the caller moves them in).
+pub(super) fn version_inode(inode: &Inode, now: Timestamp) -> Inode {
+    Inode {
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        nlink: 0,
+        size: inode.size,
+        atime: inode.atime,
+        mtime: inode.mtime,
+        ctime: now,
+        crtime: now,
+        generation: 1,
+        flags: FLAG_HIDDEN,
+        parent: inode.parent,
+        ..Inode::default()
     }
 }

@@ -12,7 +12,7 @@ use super::table::{RECORD_ROOM, append};
 use super::{BS, HiddenEvent, HiddenVersion};
 use crate::filesystem::alloc::AllocIo;
 use crate::filesystem::bmap::BlockMap;
-use crate::filesystem::inode::{FLAG_HIDDEN, Inode};
+use crate::filesystem::inode::Inode;
 use crate::filesystem::state::State;
 use crate::filesystem::{BlockIo, Caller, Filesystem};
 use crate::types::BLOCK_SIZE;
@@ -184,21 +184,7 @@ impl Filesystem {
         } = plan;
         let now = self.hidden_cfg.now();
         let hidden_ino = st.new_ino();
-        let mut hidden = Inode {
-            mode: inode.mode,
-            uid: inode.uid,
-            gid: inode.gid,
-            nlink: 0,
-            size: inode.size,
-            atime: inode.atime,
-            mtime: inode.mtime,
-            ctime: now,
-            crtime: now,
-            generation: 1,
-            flags: FLAG_HIDDEN,
-            parent: inode.parent,
-            ..Inode::default()
-        };
+        let mut hidden = super::cut::version_inode(inode, now);
         let xattr = u64::from(inode.xattr_block != 0);
         let mut alloc = AllocIo {
             alloc: &mut st.alloc,
