@@ -655,6 +655,8 @@ fn a_full_volume_truncates_scratch_files_and_refuses_cuts_it_cannot_keep() {
     let chart = file(&fs, ROOT_INO, "chart", &data);
     file(&fs, ROOT_INO, "note", b"a record");
     file(&fs, ROOT_INO, "old-journal", &data[..BS as usize]);
+    file(&fs, ROOT_INO, "new-journal", &data[..BS as usize]);
+    file(&fs, ROOT_INO, "note.draft", b"a newer record");
     let journal = file(&fs, ROOT_INO, "db-journal", b"");
     let block = prng_bytes(BS as usize, 7);
     let mut filled = 0u64;
@@ -683,6 +685,22 @@ fn a_full_volume_truncates_scratch_files_and_refuses_cuts_it_cannot_keep() {
         other => panic!("expected ENOSPC, got {other:?}"),
     }
     assert!(fs.lookup(ROOT_INO, b"note").is_ok());
+    let over = |from: &str, to: &str| {
+        fs.rename(
+            ROOT_INO,
+            from.as_bytes(),
+            ROOT_INO,
+            to.as_bytes(),
+            RenameFlags::default(),
+            me(),
+        )
+    };
+    match over("note.draft", "note") {
+        Err(Error::NoSpace) => {}
+        other => panic!("expected ENOSPC for a rename over a record, got {other:?}"),
+    }
+    assert!(fs.lookup(ROOT_INO, b"note.draft").is_ok());
+    over("new-journal", "old-journal").expect("a rename over a scratch file on a full volume");
     fs.unlink(ROOT_INO, b"old-journal", me())
         .expect("a scratch file is deleted on a full volume");
     // The record's cut needs room the volume does not have.

@@ -22,6 +22,7 @@ pub mod inode;
 pub mod meta;
 mod ops_data;
 mod ops_ns;
+mod ops_remove;
 mod paths;
 mod state;
 pub mod xattr;
