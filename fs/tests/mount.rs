@@ -470,5 +470,17 @@ fn a_restored_file_is_there_at_once_though_the_kernel_saw_it_missing() {
         fs::read(m.path("ward/chart.txt")).expect("restored file visible at once"),
         b"allergy: none\n"
     );
+    // Finding the name's directory took no reference the kernel would have to give
+    // back: the directory, removed now, is a hidden version at once, not one still open.
+    fs::remove_file(m.path("ward/chart.txt")).unwrap();
+    fs::remove_dir(m.path("ward")).unwrap();
+    let out = domfs(&["hidden", "list", "--json", path_str(&mp), "ward"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir_version = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["path"] == "ward")
+        .unwrap_or_else(|| panic!("no version of ward: {}", text(&out.stdout)));
+    assert_eq!(dir_version["open"], false, "{dir_version}");
     m.unmount();
 }

@@ -80,7 +80,11 @@ impl MountControl {
         let mut parent = ROOT_INO;
         for part in parts {
             match self.fs.lookup(parent, part.as_bytes()) {
-                Ok(entry) => parent = entry.ino,
+                Ok(entry) => {
+                    // `lookup` counts a kernel reference; this one is not the kernel's.
+                    self.fs.forget(entry.ino, 1);
+                    parent = entry.ino;
+                }
                 Err(_) => return,
             }
         }
