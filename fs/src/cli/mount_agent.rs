@@ -60,9 +60,24 @@ pub struct Lease {
     signed_message: Vec<u8>,
     signature: Vec<u8>,
     mountpoint: String,
+    /// A read-only mount's encoded audit entries not yet taken by the TTP, oldest first:
+    /// one queue for every clone (the periodic shipper, `domfs audit`, the unmount).
+    outbox: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Lease {
+    /// Takes the entries waiting for the TTP.
+    pub fn take_outbox(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts back entries the TTP did not take, ahead of any queued since.
+    pub fn return_to_outbox(&self, mut unsent: Vec<Vec<u8>>) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        unsent.append(&mut outbox);
+        *outbox = unsent;
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -100,6 +115,7 @@ pub fn acquire(
         signed_message: header.signed_message.clone(),
         signature: header.signature.clone(),
         mountpoint: mountpoint.display().to_string(),
+        outbox: Arc::default(),
     };
     let rt = runtime()?;
     let granted = rt.block_on(ask(&mut lease, want))?;

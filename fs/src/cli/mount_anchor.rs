@@ -94,9 +94,11 @@ pub async fn checkpoint(lease: &Lease, fs: &Filesystem, last: u64) -> Result<u64
     Ok(sequence)
 }
 
-/// Ships a read-only mount's queued audit entries; what cannot be sent now is lost only
-/// if the queue overflows (and that is counted in the next entry the TTP stores).
-async fn ship_audit(lease: &Lease, fs: &Filesystem, waiting: &mut Vec<Vec<u8>>) -> Result<()> {
+/// Ships a read-only mount's queued audit entries (and any an earlier round could not
+/// send, from the lease's outbox, first); what the TTP does not take goes back to the
+/// outbox, oldest first, for the next round. Lost only if the filesystem's queue
+/// overflows (counted in the next entry the TTP stores).
+async fn ship_audit(lease: &Lease, fs: &Filesystem) -> Result<()> {
     let drained = fs.drain_pending();
     if drained.dropped > 0 {
         tracing::warn!(
@@ -104,34 +106,61 @@ async fn ship_audit(lease: &Lease, fs: &Filesystem, waiting: &mut Vec<Vec<u8>>) 
             drained.dropped
         );
     }
+    let mut waiting = lease.take_outbox();
     waiting.extend(drained.entries.iter().map(|r| r.encode()));
+    let mut waiting = std::collections::VecDeque::from(waiting);
     while !waiting.is_empty() {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some(entry) = waiting.first() {
+        while let Some(entry) = waiting.front() {
             if batch.len() == MAX_AUDIT_ENTRIES || bytes + entry.len() > MAX_AUDIT_BATCH {
                 break;
             }
             bytes += entry.len();
-            batch.push(waiting.remove(0));
+            batch.extend(waiting.pop_front());
         }
-        let mut agent = connect_agent(lease.socket()).await?;
-        let sent = agent
-            .append_audit(AgentAppendAuditRequest {
-                lease_id: lease.id().to_vec(),
-                entries: batch.clone(),
-            })
-            .await;
-        if let Err(status) = sent {
-            // Keep them, oldest first, for the next round.
-            batch.append(waiting);
-            *waiting = batch;
-            bail!(
-                "the TTP did not take the audit entries: {}",
-                describe_status(&status)
+        if batch.is_empty() {
+            // Larger than a call may carry (records are bounded well below it): never
+            // sendable, and it must not stop the ones behind it.
+            if let Some(entry) = waiting.pop_front() {
+                tracing::error!(
+                    "an audit entry of {} bytes cannot be sent; dropped",
+                    entry.len()
+                );
+            }
+            continue;
+        }
+        let sent = match tokio::time::timeout(CALL_TIMEOUT, send_batch(lease, batch.clone())).await
+        {
+            Ok(sent) => sent,
+            Err(_) => Err(anyhow::anyhow!(
+                "the agent did not answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            )),
+        };
+        if let Err(e) = sent {
+            batch.extend(waiting);
+            lease.return_to_outbox(batch);
+            return Err(
+                e.context("the TTP did not take the audit entries; they wait for the next round")
             );
         }
     }
+    Ok(())
+}
+
+/// How long one call to the agent may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn send_batch(lease: &Lease, entries: Vec<Vec<u8>>) -> Result<()> {
+    let mut agent = connect_agent(lease.socket()).await?;
+    agent
+        .append_audit(AgentAppendAuditRequest {
+            lease_id: lease.id().to_vec(),
+            entries,
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", describe_status(&status)))?;
     Ok(())
 }
 
@@ -139,7 +168,6 @@ async fn ship_audit(lease: &Lease, fs: &Filesystem, waiting: &mut Vec<Vec<u8>>) 
 /// [`PERIOD`] until the task is dropped.
 pub async fn keep_anchored(lease: Lease, fs: Arc<Filesystem>) {
     let mut last = 0;
-    let mut waiting = Vec::new();
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
@@ -147,7 +175,7 @@ pub async fn keep_anchored(lease: Lease, fs: Arc<Filesystem>) {
             return;
         }
         let done = if fs.is_read_only() {
-            ship_audit(&lease, &fs, &mut waiting).await
+            ship_audit(&lease, &fs).await
         } else {
             checkpoint(&lease, &fs, last).await.map(|s| last = s)
         };
@@ -161,7 +189,7 @@ pub async fn keep_anchored(lease: Lease, fs: Arc<Filesystem>) {
 /// them (an offline read of an agent-mode volume: its entries must be kept before
 /// anything is shown).
 pub fn ship_now(lease: &Lease, fs: &Filesystem) -> Result<()> {
-    super::ttp::runtime()?.block_on(ship_audit(lease, fs, &mut Vec::new()))
+    super::ttp::runtime()?.block_on(ship_audit(lease, fs))
 }
 
 /// At unmount, after the final commit: the last anchor (read-write) or the last entries
@@ -170,7 +198,7 @@ pub fn finish(lease: &Lease, fs: &Filesystem) {
     let result = super::ttp::runtime().and_then(|rt| {
         rt.block_on(async {
             if fs.is_read_only() {
-                ship_audit(lease, fs, &mut Vec::new()).await
+                ship_audit(lease, fs).await
             } else {
                 checkpoint(lease, fs, 0).await.map(|_| ())
             }
