@@ -409,6 +409,15 @@ pub fn table(entries: &[Shown]) -> String {
             path,
         ]);
     }
+    // Paths, names and details may hold anything a host wrote (a read-only host writes
+    // the entries the TTP keeps): a newline or an escape sequence must not forge a row.
+    for row in rows.iter_mut() {
+        for cell in row.iter_mut() {
+            if cell.chars().any(char::is_control) {
+                *cell = printable(cell);
+            }
+        }
+    }
     let mut widths = [0usize; 8];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -430,6 +439,19 @@ pub fn table(entries: &[Shown]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `text` with control characters written as escapes (`\n`, `\u{1b}`).
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -577,5 +599,18 @@ mod tests {
         assert_eq!(j["ttp_seq"], 7);
         assert_eq!(j["sender"], "ward-b");
         assert!(table(&[shown]).contains("ward (ward-b via ttp)"));
+        let forged = AuditRecord {
+            path: "/p\n2026-01-01T00:00:00.000000Z  root(0)  evil\u{1b}[2J".into(),
+            ..bad
+        };
+        let rows = table(&[Shown {
+            record: &forged,
+            kept,
+        }]);
+        assert_eq!(rows.lines().count(), 2, "{rows}");
+        assert!(
+            rows.contains("/p\\n2026") && rows.contains("\\u{1b}[2J"),
+            "{rows}"
+        );
     }
 }

@@ -36,16 +36,20 @@ pub struct Undecodable {
 /// The TTP's entries as they arrived: (sequence, sender, received, bytes).
 pub type RawRemote = (u64, String, u64, Vec<u8>);
 
-/// Decodes what the TTP returned, oldest first; a repeat of an earlier entry's bytes is
-/// dropped, an entry that does not decode is set aside.
+/// Decodes what the TTP returned, oldest first; a repeat of an earlier entry's bytes from
+/// the same sender is dropped, an entry that does not decode is set aside. An entry's
+/// `seq` is 0 whatever its sender wrote: it has no place in the volume's chain.
 pub fn decode_remote(raw: Vec<RawRemote>) -> (Vec<RemoteRecord>, Vec<Undecodable>) {
     let mut seen = HashSet::new();
     let mut records = Vec::new();
     let mut bad = Vec::new();
     for (sequence, sender, received_unix, bytes) in raw {
         match AuditRecord::decode(&bytes) {
-            Ok(record) => {
-                if seen.insert(bytes) {
+            Ok(mut record) => {
+                record.seq = 0;
+                // Per sender: another host sending the same bytes first must not take
+                // this one's place.
+                if seen.insert((sender.clone(), bytes)) {
                     records.push(RemoteRecord {
                         sequence,
                         sender,
@@ -148,6 +152,18 @@ mod tests {
 
     fn raw(sequence: u64, sender: &str, r: &AuditRecord) -> RawRemote {
         (sequence, sender.into(), 0, r.encode())
+    }
+
+    #[test]
+    fn a_copy_from_another_sender_does_not_hide_the_original() {
+        let a = AuditRecord {
+            seq: 99,
+            ..rec("/a", 10)
+        };
+        let (records, _) = decode_remote(vec![raw(1, "impostor", &a), raw(2, "ward-b", &a)]);
+        let senders: Vec<_> = records.iter().map(|r| r.sender.as_str()).collect();
+        assert_eq!(senders, ["impostor", "ward-b"]);
+        assert!(records.iter().all(|r| r.record.seq == 0));
     }
 
     #[test]

@@ -265,6 +265,11 @@ pub fn run(args: Args, global: Global) -> Result<u8> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e).context("cannot write the listing"),
     }
+    if let Some(e) = &remote_failed
+        && !scan.is_intact()
+    {
+        eprintln!("domfs: {e:#}");
+    }
     if !scan.is_intact() {
         eprintln!(
             "domfs: the audit log of {} does not verify: {} ({} problem(s); `domfs audit --verify` lists them)",

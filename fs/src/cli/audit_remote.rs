@@ -3,6 +3,7 @@
 //! list and for the domain's manager).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use domfs_proto::agent::AgentReadAuditRequest;
@@ -22,8 +23,11 @@ pub struct DomainRef {
     pub agent: Option<PathBuf>,
 }
 
-/// Pages asked for at most: 10,000 entries each, so a hundred million entries.
+/// Pages asked for at most (a page is at most 10,000 entries and about 120 KiB, so this
+/// is at least a few million entries: more than the TTP's default cap of 1 GiB holds).
 const MAX_PAGES: usize = 10_000;
+/// How long one call to the agent may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every entry the TTP keeps for the domain, oldest first.
 pub fn read_from_ttp(socket: &Path, domain: &DomainRef) -> Result<Vec<RawRemote>> {
@@ -41,14 +45,20 @@ async fn read_all(socket: &Path, domain: &DomainRef) -> Result<Vec<RawRemote>> {
     let mut out: Vec<RawRemote> = Vec::new();
     let mut after = 0;
     for _ in 0..MAX_PAGES {
-        let page = agent
-            .read_audit(AgentReadAuditRequest {
-                signed_message: domain.signed_message.clone(),
-                signature: domain.signature.clone(),
-                after,
-                limit: 0,
-            })
+        let call = agent.read_audit(AgentReadAuditRequest {
+            signed_message: domain.signed_message.clone(),
+            signature: domain.signature.clone(),
+            after,
+            limit: 0,
+        });
+        let page = tokio::time::timeout(CALL_TIMEOUT, call)
             .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the agent did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )
+            })?
             .map_err(|status| {
                 let text = format!(
                     "the TTP did not give its audit entries for this domain: {}",

@@ -410,6 +410,9 @@ impl HiddenSource for Offline {
             .fs
             .hidden_get(path.as_bytes(), version)
             .map_err(not_found(path, version))?;
+        if v.kind() == Some(crate::filesystem::dir::FileKind::Directory) {
+            bail!("{}: a directory has no content to show", clean(path));
+        }
         self.record_show(&v)?;
         let mut offset = 0u64;
         while offset < v.size {
