@@ -726,6 +726,66 @@ fn a_full_volume_truncates_scratch_files_and_refuses_cuts_it_cannot_keep() {
     vol.fsck();
 }
 
+/// Blocks preallocated past the end of a file (fallocate KEEP_SIZE) are not content: a
+/// kept truncation leaves them to the file, which frees them, so the version holds only
+/// what was cut and the room asked for is enough even on a nearly full volume (moving the
+/// preallocated blocks too needed more room than was reserved and stopped the filesystem).
+#[test]
+fn a_cut_keeps_content_not_the_blocks_preallocated_past_the_end() {
+    const BS: u64 = 4096;
+    const KEEP_SIZE: i32 = 0x01;
+    let policy = Retention {
+        keep_for: None,
+        no_keep: vec!["*.tmp".into()],
+    };
+    let vol = Vol::new(512 << 20, &policy);
+    let fs = vol.fs();
+    let data = prng_bytes(8 * BS as usize, 8);
+    let chart = file(&fs, ROOT_INO, "chart", &data);
+    fs.fallocate_by(chart, 8 * BS, 30_000 * BS, KEEP_SIZE, me())
+        .expect("preallocate");
+    fs.sync().expect("sync");
+    // Fill the rest, then give 128 blocks back: room for a cut of content, not for moving
+    // the 30,000 preallocated blocks too.
+    let filler = file(&fs, ROOT_INO, "filler.tmp", b"");
+    let chunk = prng_bytes(256 * BS as usize, 9);
+    let block = &chunk[..BS as usize];
+    let mut filled = 0u64;
+    while fs.write(filler, filled, &chunk).is_ok() {
+        filled += chunk.len() as u64;
+    }
+    while fs.write(filler, filled, block).is_ok() {
+        filled += BS;
+    }
+    assert!(punch(&fs, filler, 0, 128 * BS).is_none());
+    fs.sync().expect("sync");
+    let free = fs.statfs().free;
+    fs.setattr(
+        chart,
+        SetAttr {
+            size: Some(8 * BS - 100),
+            ..SetAttr::default()
+        },
+        me(),
+    )
+    .expect("a kept cut on a nearly full volume");
+    fs.write(filler, 0, block)
+        .expect("the filesystem still works");
+    let v = fs.hidden_get(b"chart", 1).expect("the cut is kept");
+    assert!(v.blocks <= 2, "the version holds {} blocks", v.blocks);
+    assert_eq!(
+        content(&fs, "chart", 1)[7 * BS as usize..],
+        data[7 * BS as usize..]
+    );
+    fs.sync().expect("sync");
+    assert!(
+        fs.statfs().free > free + 29_000,
+        "the preallocated blocks were not freed"
+    );
+    drop(fs);
+    vol.fsck();
+}
+
 #[test]
 fn versions_are_numbered_per_path_newest_first() {
     let vol = Vol::new(64 << 20, &keep_all());

@@ -275,7 +275,7 @@ impl Filesystem {
             self.sync()?;
         }
         if result.is_ok() {
-            self.maybe_sweep();
+            self.maybe_sweep(None);
         }
         result
     }

@@ -42,14 +42,22 @@ impl Filesystem {
         } else {
             0
         };
+        let mut retried = false;
         let hidden = loop {
             let outcome = self.mutate(room, |st, io| {
                 self.remove_in(st, io, parent, name, directory, caller, room)
-            })?;
+            });
             match outcome {
-                Ok(hidden) => break hidden,
+                Ok(Ok(hidden)) => break hidden,
                 // Nothing was changed: again, with the room it needs.
-                Err(needed) => room = needed,
+                Ok(Err(needed)) => room = needed,
+                // The room guessed up front is gone: once more without it, in case
+                // this removal keeps nothing.
+                Err(Error::NoSpace) if room > 0 && !retried => {
+                    retried = true;
+                    room = 0;
+                }
+                Err(e) => return Err(e),
             }
         };
         self.report_hidden(hidden);
@@ -121,6 +129,7 @@ impl Filesystem {
         } else {
             0
         };
+        let mut retried = false;
         let hidden = loop {
             let outcome = self.mutate(room, |st, io| {
                 let (ino, kind) = st
@@ -221,10 +230,15 @@ impl Filesystem {
                 reparent(st, io, ino, kind, new_parent, now)?;
                 st.hidden.remember(new_parent, new_name, ino);
                 Ok(Ok(hidden))
-            })?;
+            });
             match outcome {
-                Ok(hidden) => break hidden,
-                Err(needed) => room = needed,
+                Ok(Ok(hidden)) => break hidden,
+                Ok(Err(needed)) => room = needed,
+                Err(Error::NoSpace) if room > 0 && !retried => {
+                    retried = true;
+                    room = 0;
+                }
+                Err(e) => return Err(e),
             }
         };
         self.report_hidden(hidden);

@@ -155,7 +155,7 @@ pub fn spawn_audit_committer(fs: Weak<Filesystem>, stop: Arc<AtomicBool>) {
                 if stop.load(Ordering::SeqCst) || fs.is_read_only() || fs.is_revoked() {
                     continue;
                 }
-                fs.maybe_sweep();
+                fs.maybe_sweep(Some(&stop));
                 if fs
                     .audit_pending_age()
                     .is_none_or(|age| age < AUDIT_COMMIT_INTERVAL)

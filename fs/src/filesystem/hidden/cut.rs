@@ -48,11 +48,13 @@ fn cut_discards(io: &dyn BlockIo, inode: &Inode, new_size: u64) -> Result<bool> 
 }
 
 /// Blocks a truncation of a `old`-byte file to `new` bytes may allocate when it keeps
-/// what is cut (the smaller side moves to a new block map), beyond the record.
-pub(crate) fn cut_room(old: u64, new: u64) -> u64 {
+/// what is cut (the smaller side moves to a new block map; always the cut side when
+/// blocks lie past the end of the file), beyond the record.
+pub(crate) fn cut_room(old: u64, new: u64, past_eof: bool) -> u64 {
     let kept = new / BS;
     let cut = old.div_ceil(BS).saturating_sub(kept);
-    kept.min(cut) / 500 + 12 + RECORD_ROOM
+    let moved = if past_eof { cut } else { kept.min(cut) };
+    moved / 500 + 12 + RECORD_ROOM
 }
 
 impl Filesystem {
@@ -71,11 +73,11 @@ impl Filesystem {
             return Ok(None);
         }
         let path = file_path(st, io, ino, inode)?;
-        Ok(self
-            .hidden_cfg
-            .retention
-            .keeps(&path)
-            .then(|| cut_room(inode.size, new_size)))
+        if !self.hidden_cfg.retention.keeps(&path) {
+            return Ok(None);
+        }
+        let past_eof = has_blocks_from(io, &inode.map, inode.size.div_ceil(BS))?;
+        Ok(Some(cut_room(inode.size, new_size, past_eof)))
     }
 
     /// Truncation of `inode` to `new_size`: what is cut becomes a hidden version (blocks
@@ -107,14 +109,18 @@ impl Filesystem {
         let hidden_ino = st.new_ino();
         let mut hidden = version_inode(inode, now);
         let xattr = u64::from(inode.xattr_block != 0);
+        let end = old_size.div_ceil(BS);
         let kept_blocks = cut_start;
-        let cut_blocks = old_size.div_ceil(BS).saturating_sub(cut_start);
+        let cut_blocks = end.saturating_sub(cut_start);
+        // Blocks preallocated past the end (fallocate KEEP_SIZE) are not content: they
+        // stay with the file, and the truncation frees them.
+        let past_eof = has_blocks_from(io, &inode.map, end)?;
         // The whole map changes hands; then the smaller side moves back or over.
         let mut alloc = AllocIo {
             alloc: &mut st.alloc,
             io,
         };
-        if cut_start == 0 || kept_blocks <= cut_blocks {
+        if !past_eof && (cut_start == 0 || kept_blocks <= cut_blocks) {
             hidden.map = std::mem::take(&mut inode.map);
             hidden.blocks = inode.blocks.saturating_sub(xattr);
             inode.blocks = xattr;
@@ -128,9 +134,13 @@ impl Filesystem {
         } else {
             let m = inode
                 .map
-                .move_range(&mut hidden.map, io, &mut alloc, cut_start, u64::MAX)?;
+                .move_range(&mut hidden.map, io, &mut alloc, cut_start, end)?;
             inode.blocks = inode.blocks.saturating_sub(m.data + m.freed);
             hidden.blocks = m.data + m.allocated;
+            if past_eof {
+                let freed = inode.map.punch(io, &mut alloc, end, u64::MAX)?;
+                inode.blocks = inode.blocks.saturating_sub(freed);
+            }
         }
         // The block the cut falls inside: the version has the original, the file a copy
         // with its tail zeroed.

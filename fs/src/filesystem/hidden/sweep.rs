@@ -2,7 +2,7 @@
 //! read-write open and hourly after that — checked after operations and, on a mount, by
 //! the daemon's audit committer, so an idle volume is swept too.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::api::purge_one;
 use super::record::STATE_KEPT;
@@ -20,6 +20,12 @@ impl Filesystem {
     /// Frees the versions older than the volume's keep-for (nothing under keep-all), and
     /// returns them. Runs at every read-write open and then hourly (see the module doc).
     pub fn sweep_hidden(&self) -> Result<Vec<HiddenVersion>> {
+        self.sweep_until(None)
+    }
+
+    /// [`Filesystem::sweep_hidden`] that stops between batches once `stop` is set (the
+    /// mount is ending: nothing more after its final commit).
+    fn sweep_until(&self, stop: Option<&AtomicBool>) -> Result<Vec<HiddenVersion>> {
         let Some(keep_for) = self.hidden_cfg.retention.keep_for else {
             return Ok(Vec::new());
         };
@@ -76,7 +82,7 @@ impl Filesystem {
                 ));
             }
             freed.extend(batch);
-            if done {
+            if done || stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
                 break;
             }
         }
@@ -90,8 +96,9 @@ impl Filesystem {
         Ok(freed)
     }
 
-    /// Runs the retention sweep when the last one is an hour old.
-    pub(crate) fn maybe_sweep(&self) {
+    /// Runs the retention sweep when the last one is an hour old; `stop`: as for
+    /// [`Filesystem::sweep_until`].
+    pub(crate) fn maybe_sweep(&self, stop: Option<&AtomicBool>) {
         if self.hidden_cfg.retention.keep_for.is_none() || self.read_only {
             return;
         }
@@ -100,7 +107,7 @@ impl Filesystem {
         if now.saturating_sub(last) < SWEEP_EVERY {
             return;
         }
-        if let Err(e) = self.sweep_hidden() {
+        if let Err(e) = self.sweep_until(stop) {
             tracing::warn!("retention sweep: {e}");
         }
     }
