@@ -191,6 +191,23 @@ fn truncate(fs: &Filesystem, ino: u64, size: u64) {
     .expect("truncate");
 }
 
+/// Writes to `ino` until the volume is full (1 MiB at a time, then 4 KiB); the bytes
+/// written.
+fn fill(fs: &Filesystem, ino: u64) -> u64 {
+    let chunk = prng_bytes(1 << 20, 99);
+    let mut filled = 0u64;
+    for piece in [&chunk[..], &chunk[..4096]] {
+        loop {
+            match fs.write(ino, filled, piece) {
+                Ok(_) => filled += piece.len() as u64,
+                Err(Error::NoSpace) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    filled
+}
+
 /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
 const PUNCH: i32 = 0x02 | 0x01;
 
@@ -613,16 +630,7 @@ fn a_full_volume_refuses_a_punch_it_cannot_keep() {
     let chart = file(&fs, ROOT_INO, "chart", &data);
     // Fill the volume a block at a time.
     let filler = file(&fs, ROOT_INO, "filler.tmp", b"");
-    let block = prng_bytes(BS as usize, 5);
-    let mut filled = 0u64;
-    loop {
-        match fs.write(filler, filled, &block) {
-            Ok(_) => filled += BS,
-            Err(Error::NoSpace) => break,
-            Err(e) => panic!("unexpected {e}"),
-        }
-        assert!(filled < 8 << 20, "never ran out of space");
-    }
+    let filled = fill(&fs, filler);
     // Keeping the punch needs room the volume does not have: refused, nothing changed.
     match fs.fallocate_by(chart, BS + 1, 100 * BS, PUNCH, me()) {
         Err(Error::NoSpace) => {}
@@ -658,16 +666,7 @@ fn a_full_volume_truncates_scratch_files_and_refuses_cuts_it_cannot_keep() {
     file(&fs, ROOT_INO, "new-journal", &data[..BS as usize]);
     file(&fs, ROOT_INO, "note.draft", b"a newer record");
     let journal = file(&fs, ROOT_INO, "db-journal", b"");
-    let block = prng_bytes(BS as usize, 7);
-    let mut filled = 0u64;
-    loop {
-        match fs.write(journal, filled, &block) {
-            Ok(_) => filled += BS,
-            Err(Error::NoSpace) => break,
-            Err(e) => panic!("unexpected {e}"),
-        }
-        assert!(filled < 8 << 20, "never ran out of space");
-    }
+    let filled = fill(&fs, journal);
     let cut = |ino: u64, size: u64| {
         fs.setattr(
             ino,
@@ -748,15 +747,8 @@ fn a_cut_keeps_content_not_the_blocks_preallocated_past_the_end() {
     // Fill the rest, then give 128 blocks back: room for a cut of content, not for moving
     // the 30,000 preallocated blocks too.
     let filler = file(&fs, ROOT_INO, "filler.tmp", b"");
-    let chunk = prng_bytes(256 * BS as usize, 9);
-    let block = &chunk[..BS as usize];
-    let mut filled = 0u64;
-    while fs.write(filler, filled, &chunk).is_ok() {
-        filled += chunk.len() as u64;
-    }
-    while fs.write(filler, filled, block).is_ok() {
-        filled += BS;
-    }
+    fill(&fs, filler);
+    let block = &prng_bytes(BS as usize, 9)[..];
     assert!(punch(&fs, filler, 0, 128 * BS).is_none());
     fs.sync().expect("sync");
     let free = fs.statfs().free;

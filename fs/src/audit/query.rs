@@ -441,8 +441,9 @@ pub fn table(entries: &[Shown]) -> String {
     out
 }
 
-/// `text` with control characters written as escapes (`\n`, `\u{1b}`).
-fn printable(text: &str) -> String {
+/// `text` with control characters written as escapes (`\n`, `\u{1b}`): what a name or a
+/// host wrote cannot play tricks on a terminal or forge a table row.
+pub fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             if c.is_control() {

@@ -557,31 +557,17 @@ fn event_text(v: &HiddenVersion) -> String {
     text
 }
 
-/// Paths shown in the table: control characters escaped, so a name cannot play tricks
-/// on a terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 fn table(versions: &[HiddenVersion]) -> String {
     let header = ["PATH", "VERSION", "SIZE", "WHEN (UTC)", "WHO", "EVENT"];
     let rows: Vec<[String; 6]> = versions
         .iter()
         .map(|v| {
             [
-                printable(&v.path_text()),
+                crate::audit::query::printable(&v.path_text()),
                 v.version.to_string(),
                 v.size.to_string(),
                 when(v),
-                printable(&who(v)),
+                crate::audit::query::printable(&who(v)),
                 event_text(v),
             ]
         })
