@@ -41,10 +41,7 @@ use domfs_proto::ttp::{
     AppendAuditRequest, Checkpoint, CheckpointRequest, GetDomainKeyRequest, GetDomainKeyResponse,
     HostState, ReadAuditRequest, ReadAuditResponse,
 };
-use domfs_proto::{
-    AUDIT_HEAD_LEN, CHECKPOINT_ROOT_LEN, KEY_LEN, MAX_AUDIT_BATCH, MAX_AUDIT_ENTRIES,
-    MAX_AUDIT_ENTRY, MAX_AUDIT_READ,
-};
+use domfs_proto::{AUDIT_HEAD_LEN, CHECKPOINT_ROOT_LEN, KEY_LEN, MAX_AUDIT_READ};
 
 use crate::keys::DomainKeys;
 use crate::leases::{
@@ -485,7 +482,7 @@ impl<U: KeyUnwrapper, T: TtpApi> Agent<U, T> {
         lease_id: &[u8],
         entries: Vec<Vec<u8>>,
     ) -> Result<(u64, u64, DomainId), Status> {
-        check_audit_entries(&entries)?;
+        domfs_proto::check_audit_batch(&entries).map_err(Status::invalid_argument)?;
         let lease = self.ttp_lease(lease_id)?;
         let request = AppendAuditRequest {
             domain_id: lease.domain.to_vec(),
@@ -588,33 +585,6 @@ fn check_checkpoint(checkpoint: &Checkpoint) -> Result<(), String> {
              audit entry)",
             checkpoint.audit_head.len()
         ));
-    }
-    Ok(())
-}
-
-/// The bounds the TTP puts on one AppendAudit call.
-fn check_audit_entries(entries: &[Vec<u8>]) -> Result<(), Status> {
-    if entries.len() > MAX_AUDIT_ENTRIES {
-        return Err(Status::invalid_argument(format!(
-            "{} audit entries in one call (at most {MAX_AUDIT_ENTRIES})",
-            entries.len()
-        )));
-    }
-    if let Some((i, entry)) = entries
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.is_empty() || e.len() > MAX_AUDIT_ENTRY)
-    {
-        return Err(Status::invalid_argument(format!(
-            "audit entry {i} of {} bytes (1 to {MAX_AUDIT_ENTRY})",
-            entry.len()
-        )));
-    }
-    let total: usize = entries.iter().map(Vec::len).sum();
-    if total > MAX_AUDIT_BATCH {
-        return Err(Status::invalid_argument(format!(
-            "{total} bytes of audit entries in one call (at most {MAX_AUDIT_BATCH})"
-        )));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use domfs_proto::acl::Access;
 use domfs_proto::ttp::Checkpoint;
+use domfs_proto::{MAX_AUDIT_ENTRIES, MAX_AUDIT_ENTRY};
 
 use super::*;
 use crate::fakes::*;

@@ -57,5 +57,33 @@ pub const MAX_AUDIT_ENTRIES: usize = 1024;
 /// The most entry bytes one AppendAudit call takes in all: the request must stay within
 /// [`MAX_MESSAGE_BYTES`], so a daemon batches by this as well as by count.
 pub const MAX_AUDIT_BATCH: usize = 96 * 1024;
+
+/// Whether one AppendAudit call's entries keep the bounds above (the agent checks before
+/// forwarding, the TTP again on arrival); the refusal's text if not.
+pub fn check_audit_batch(entries: &[Vec<u8>]) -> Result<(), String> {
+    if entries.len() > MAX_AUDIT_ENTRIES {
+        return Err(format!(
+            "{} audit entries in one call (at most {MAX_AUDIT_ENTRIES})",
+            entries.len()
+        ));
+    }
+    if let Some((i, entry)) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.is_empty() || e.len() > MAX_AUDIT_ENTRY)
+    {
+        return Err(format!(
+            "audit entry {i} of {} bytes (1 to {MAX_AUDIT_ENTRY})",
+            entry.len()
+        ));
+    }
+    let total: usize = entries.iter().map(Vec::len).sum();
+    if total > MAX_AUDIT_BATCH {
+        return Err(format!(
+            "{total} bytes of audit entries in one call (at most {MAX_AUDIT_BATCH})"
+        ));
+    }
+    Ok(())
+}
 /// The most entries one ReadAudit answer holds (also the limit a request may ask for).
 pub const MAX_AUDIT_READ: u32 = 10_000;

@@ -21,9 +21,7 @@ use domfs_proto::acl::Access;
 use domfs_proto::ttp::{
     AppendAuditRequest, AppendAuditResponse, ReadAuditRequest, ReadAuditResponse,
 };
-use domfs_proto::{
-    MAX_AUDIT_BATCH, MAX_AUDIT_ENTRIES, MAX_AUDIT_ENTRY, MAX_AUDIT_READ, MAX_MESSAGE_BYTES,
-};
+use domfs_proto::{MAX_AUDIT_READ, MAX_MESSAGE_BYTES};
 use tonic::Code;
 
 use crate::audit_store::Appended;
@@ -59,28 +57,7 @@ impl TtpCore {
         subject.domain = Some(id);
         let lease_id = exact::<16>("lease id", &request.lease_id)?;
         let entries = &request.entries;
-        if entries.len() > MAX_AUDIT_ENTRIES {
-            return Err(Refusal::invalid(format!(
-                "{} audit entries in one call (at most {MAX_AUDIT_ENTRIES})",
-                entries.len()
-            )));
-        }
-        if let Some((i, entry)) = entries
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.is_empty() || e.len() > MAX_AUDIT_ENTRY)
-        {
-            return Err(Refusal::invalid(format!(
-                "audit entry {i} of {} bytes (1 to {MAX_AUDIT_ENTRY})",
-                entry.len()
-            )));
-        }
-        let total: usize = entries.iter().map(Vec::len).sum();
-        if total > MAX_AUDIT_BATCH {
-            return Err(Refusal::invalid(format!(
-                "{total} bytes of audit entries in one call (at most {MAX_AUDIT_BATCH})"
-            )));
-        }
+        domfs_proto::check_audit_batch(entries).map_err(Refusal::invalid)?;
         let now = now_unix();
         let mode = self.live_lease(&self.registry.read()?, peer, &id, &lease_id, now)?;
         subject.mode = mode;
