@@ -438,6 +438,19 @@ impl Drop for Host {
     }
 }
 
+/// The usual cast: a TTP (30 s leases), the manager `ward-manager`, the host `ward-db`
+/// (enrolled and approved) and `ward.vol` (32M) that grants it read-write.
+pub fn one_ward(scratch: &Scratch) -> (Ttp, Manager, Host, PathBuf) {
+    require_environment();
+    let ttp = Ttp::start(scratch.path(), 30);
+    let manager = Manager::new(&ttp, scratch.path(), "ward-manager");
+    let host = Host::start(&ttp, "ward-db", scratch.path());
+    let volume = scratch.path().join("ward.vol");
+    let out = manager.create(&volume, "32M", &["ward-db=rw"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (ttp, manager, host, volume)
+}
+
 /// The domain manager: a key pair and a TLS identity with the manager role.
 pub struct Manager {
     pub key: PathBuf,

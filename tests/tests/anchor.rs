@@ -9,21 +9,10 @@ use std::time::Duration;
 use domfs_e2e::*;
 use domfs_proto::agent::AgentReadAuditRequest;
 
-fn setup(scratch: &Scratch) -> (Ttp, Manager, Host, std::path::PathBuf) {
-    require_environment();
-    let ttp = Ttp::start(scratch.path(), 30);
-    let manager = Manager::new(&ttp, scratch.path(), "ward-manager");
-    let host = Host::start(&ttp, "ward-db", scratch.path());
-    let volume = scratch.path().join("ward.vol");
-    let out = manager.create(&volume, "32M", &["ward-db=rw"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    (ttp, manager, host, volume)
-}
-
 #[test]
 fn an_older_copy_of_the_volume_is_refused() {
     let scratch = Scratch::new();
-    let (ttp, _manager, host, volume) = setup(&scratch);
+    let (ttp, _manager, host, volume) = one_ward(&scratch);
     let dir = scratch.path().join("m");
     assert!(host.mount(&volume, &dir, &[]).status.success());
     std::fs::write(dir.join("chart.txt"), b"v1").unwrap();
@@ -62,7 +51,7 @@ fn an_older_copy_of_the_volume_is_refused() {
 #[test]
 fn a_crash_before_the_checkpoint_is_not_a_rollback() {
     let scratch = Scratch::new();
-    let (_ttp, _manager, host, volume) = setup(&scratch);
+    let (_ttp, _manager, host, volume) = one_ward(&scratch);
     let dir = scratch.path().join("m");
     assert!(host.mount(&volume, &dir, &[]).status.success());
     std::fs::write(dir.join("a"), b"anchored").unwrap();

@@ -8,18 +8,8 @@ use domfs_e2e::*;
 
 #[test]
 fn deleted_records_are_hidden_restorable_and_purged_only_by_the_manager() {
-    require_environment();
     let scratch = Scratch::new();
-    let ttp = Ttp::start(scratch.path(), 30);
-    let manager = Manager::new(&ttp, scratch.path(), "ward-manager");
-    let host = Host::start(&ttp, "ward-db", scratch.path());
-    let volume = scratch.path().join("ward.vol");
-    assert!(
-        manager
-            .create(&volume, "32M", &["ward-db=rw"])
-            .status
-            .success()
-    );
+    let (_ttp, manager, host, volume) = one_ward(&scratch);
     let dir = scratch.path().join("m");
     let out = host.mount(&volume, &dir, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
